@@ -1,0 +1,10 @@
+"""clipsweep: measured gradient-clipping thresholds for recurrent networks.
+
+The public names are re-exported here once; everything else is reached through its module.
+"""
+
+from sweeper.clipping import ClipMethod, Clipper, ClipStats, make_clipper
+from sweeper.errors import ConfigError
+from sweeper.telemetry import NormHistogram
+
+__all__ = ["ClipMethod", "ClipStats", "Clipper", "ConfigError", "NormHistogram", "make_clipper"]

@@ -1,0 +1,7 @@
+"""``python -m sweeper`` is the ``clipsweep`` command."""
+
+import sys
+
+from sweeper.cli import main
+
+sys.exit(main())

@@ -1,0 +1,23 @@
+"""The one exception type for bad input, so every entry point can report it the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work, detected before any training or tracking write.
+
+    It carries the key, the offending value and what is allowed so the CLI can print one line
+    that a user can act on without reading a traceback.
+    """
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{key}={value!r} is not allowed: {allowed}")
+
+    def under(self, prefix: str) -> ConfigError:
+        """The same error with its key placed under a config group (``threshold`` → ``clip.threshold``)."""
+        return ConfigError(f"{prefix}.{self.key}", self.value, self.allowed)

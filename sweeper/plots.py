@@ -1,0 +1,34 @@
+"""Figures logged as artifacts; matplotlib is imported here only, and only when a figure is made."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sweeper.telemetry import NormHistogram
+
+
+def norm_histogram_figure(histogram: NormHistogram, threshold: float = math.nan) -> Any:
+    """The pre-clip norm distribution on a log axis with p50/p90/p99 and the threshold marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    edges, counts = histogram.bin_edges_and_counts()
+    if counts.size:
+        axes.stairs(counts, edges, fill=True, alpha=0.6, label=f"{histogram.count} finite steps")
+        for q, colour in ((50, "tab:green"), (90, "tab:orange"), (99, "tab:red")):
+            value = histogram.percentile(q)
+            axes.axvline(value, color=colour, linestyle="--", label=f"p{q} = {value:.3g}")
+        axes.set_xscale("log")
+    if math.isfinite(threshold):
+        axes.axvline(threshold, color="black", label=f"threshold = {threshold:.3g}")
+    axes.set_xlabel("pre-clip global gradient norm")
+    axes.set_ylabel("steps")
+    axes.set_title(f"gradient norms ({histogram.nonfinite} non-finite steps not shown)")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    plt.close(figure)
+    return figure

@@ -1,0 +1,265 @@
+"""Per-step gradient telemetry kept on the device, and a mergeable summary of the norm distribution.
+
+Recording a step only writes one row of a preallocated device buffer, so training never waits for
+the device; the host reads the buffer once every ``log_every`` steps. The summary is a log-binned
+histogram: percentiles from it carry a known relative error, and histograms from many runs (trials,
+workers) add up bin by bin without re-reading every step.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sweeper.clipping import ClipStats
+
+STEP_METRICS = ("train/loss", "grad/norm", "grad/norm_clipped", "grad/threshold", "grad/clipped")
+"""Metric names of the per-step columns, in buffer order (a sixth column holds the finite flag)."""
+
+_LAYER_INDEX = re.compile(r"_l(\d+)(_reverse)?$")
+
+
+def layer_name(parameter_name: str) -> str:
+    """Group a parameter into its layer: ``rnn.weight_hh_l1`` → ``rnn.l1``, ``head.bias`` → ``head``.
+
+    Recurrent modules keep all layers in one module, so the ``_l<k>`` suffix is what separates them.
+    """
+    module, _, leaf = parameter_name.rpartition(".")
+    match = _LAYER_INDEX.search(leaf)
+    suffix = f"l{match.group(1)}{'_reverse' if match.group(2) else ''}" if match else ""
+    return ".".join(part for part in (module, suffix) if part) or leaf
+
+
+@dataclass
+class NormHistogram:
+    """Log-binned counts of finite, positive norms plus exact count/min/max and a non-finite count.
+
+    With ``bins_per_decade`` bins per power of ten a bin spans a factor ``10**(1/bins_per_decade)``;
+    a percentile is read at its bin's geometric centre, so it lies within ``relative_error`` of the
+    exact (numpy 'linear') percentile of the recorded values.
+    """
+
+    bins_per_decade: int = 100
+    low: float = 1e-12
+    high: float = 1e12
+    counts: dict[int, int] = field(default_factory=dict)
+    count: int = 0
+    nonfinite: int = 0
+    minimum: float = math.inf
+    maximum: float = -math.inf
+
+    @property
+    def relative_error(self) -> float:
+        return 10 ** (0.5 / self.bins_per_decade) - 1
+
+    @property
+    def _n_bins(self) -> int:
+        return round(math.log10(self.high / self.low) * self.bins_per_decade)
+
+    def add(self, values: np.ndarray | Sequence[float]) -> None:
+        values = np.asarray(values, dtype=np.float64).ravel()
+        finite = np.isfinite(values)
+        self.nonfinite += int((~finite).sum())
+        values = values[finite]
+        if values.size == 0:
+            return
+        self.count += int(values.size)
+        self.minimum = min(self.minimum, float(values.min()))
+        self.maximum = max(self.maximum, float(values.max()))
+        # Bin 0 collects zeros and values below `low`, bin n+1 values above `high`.
+        with np.errstate(divide="ignore"):
+            raw = np.floor(np.log10(values / self.low) * self.bins_per_decade)
+        index = np.clip(np.nan_to_num(raw, neginf=-1), -1, self._n_bins).astype(np.int64) + 1
+        for b, c in zip(*np.unique(index, return_counts=True)):
+            self.counts[int(b)] = self.counts.get(int(b), 0) + int(c)
+
+    def merge(self, other: NormHistogram) -> NormHistogram:
+        """Add another histogram's counts into this one (same binning required); returns self."""
+        if (other.bins_per_decade, other.low, other.high) != (self.bins_per_decade, self.low, self.high):
+            raise ValueError("cannot merge histograms with different binning")
+        for b, c in other.counts.items():
+            self.counts[b] = self.counts.get(b, 0) + c
+        self.count += other.count
+        self.nonfinite += other.nonfinite
+        self.minimum = min(self.minimum, other.minimum)
+        self.maximum = max(self.maximum, other.maximum)
+        return self
+
+    def _value_at_rank(self, rank: int, bins: np.ndarray, cumulative: np.ndarray) -> float:
+        b = int(bins[np.searchsorted(cumulative, rank, side="right")])
+        if b == 0:
+            centre = self.minimum
+        elif b == self._n_bins + 1:
+            centre = self.maximum
+        else:
+            centre = self.low * 10 ** ((b - 1 + 0.5) / self.bins_per_decade)
+        return float(min(max(centre, self.minimum), self.maximum))
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile (0..100) with numpy's default linear interpolation between ranks."""
+        if not 0 <= q <= 100:
+            raise ValueError(f"q={q!r} must be in [0, 100]")
+        if self.count == 0:
+            return math.nan
+        bins = np.array(sorted(self.counts))
+        cumulative = np.cumsum([self.counts[b] for b in bins])
+        position = q / 100 * (self.count - 1)
+        lo, hi = math.floor(position), math.ceil(position)
+        v_lo = self._value_at_rank(lo, bins, cumulative)
+        v_hi = v_lo if hi == lo else self._value_at_rank(hi, bins, cumulative)
+        return v_lo + (v_hi - v_lo) * (position - lo)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bins_per_decade": self.bins_per_decade,
+            "low": self.low,
+            "high": self.high,
+            "counts": {str(b): c for b, c in sorted(self.counts.items())},
+            "count": self.count,
+            "nonfinite": self.nonfinite,
+            "minimum": self.minimum if self.count else None,
+            "maximum": self.maximum if self.count else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NormHistogram:
+        return cls(
+            bins_per_decade=int(data["bins_per_decade"]),
+            low=float(data["low"]),
+            high=float(data["high"]),
+            counts={int(b): int(c) for b, c in data["counts"].items()},
+            count=int(data["count"]),
+            nonfinite=int(data["nonfinite"]),
+            minimum=math.inf if data["minimum"] is None else float(data["minimum"]),
+            maximum=-math.inf if data["maximum"] is None else float(data["maximum"]),
+        )
+
+    def bin_edges_and_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Edges and counts of the occupied range, for plotting."""
+        if not self.counts:
+            return np.array([]), np.array([])
+        first, last = min(self.counts), max(self.counts)
+        indices = np.arange(first, last + 1)
+        edges = self.low * 10 ** ((np.arange(first, last + 2) - 1) / self.bins_per_decade)
+        return edges, np.array([self.counts.get(int(i), 0) for i in indices])
+
+
+@dataclass
+class Window:
+    """What one host read of the device buffers returns: ``log_every`` steps' worth."""
+
+    steps: np.ndarray
+    """Optimizer step index of each row."""
+    values: dict[str, np.ndarray]
+    """Per-step columns keyed by the metric names in STEP_METRICS."""
+    finite: np.ndarray
+    layer_step: int | None
+    layer_norms: dict[str, float]
+
+
+@dataclass
+class RunSummary:
+    """Totals over a whole run, in the metric names the tracking store uses."""
+
+    histogram: NormHistogram
+    steps: int
+    clipped_steps: int
+
+    @property
+    def clip_fraction(self) -> float:
+        return self.clipped_steps / self.histogram.count if self.histogram.count else math.nan
+
+    def metrics(self) -> dict[str, float]:
+        h = self.histogram
+        return {
+            "grad/norm_p50": h.percentile(50),
+            "grad/norm_p90": h.percentile(90),
+            "grad/norm_p99": h.percentile(99),
+            "grad/norm_max": h.maximum if h.count else math.nan,
+            "grad/clip_fraction": self.clip_fraction,
+            "grad/nonfinite_steps": float(h.nonfinite),
+        }
+
+
+class Telemetry:
+    """Device-side step buffers with batched host reads.
+
+    ``record`` costs two small device ops; ``measure_layers`` (every ``log_every`` steps) one foreach
+    norm; ``drain`` is the only place that synchronises, once per window.
+    """
+
+    def __init__(self, named_parameters: Sequence[tuple[str, Tensor]], log_every: int, device: torch.device) -> None:
+        if log_every < 1:
+            raise ValueError(f"log_every={log_every!r} must be >= 1")
+        self.log_every = log_every
+        self.layers: dict[str, list[int]] = {}
+        for i, (name, _) in enumerate(named_parameters):
+            self.layers.setdefault(layer_name(name), []).append(i)
+        self._rows = torch.zeros((log_every, len(STEP_METRICS) + 1), dtype=torch.float32, device=device)
+        self._layer_norms = torch.zeros(len(self.layers), dtype=torch.float32, device=device)
+        self._layer_step: int | None = None
+        self._first_step = 0
+        self._n = 0
+        self.summary = RunSummary(NormHistogram(), steps=0, clipped_steps=0)
+
+    def wants_layers(self, step: int) -> bool:
+        return step % self.log_every == 0
+
+    def measure_layers(self, step: int, parameters: Sequence[Tensor]) -> None:
+        """Per-layer pre-clip norms; call between backward and clipping on steps where wanted."""
+        grads = [p.grad for p in parameters]
+        norms = torch._foreach_norm([g for g in grads if g is not None])
+        by_index, j = {}, 0
+        for i, g in enumerate(grads):
+            if g is not None:
+                by_index[i] = norms[j]
+                j += 1
+        zero = torch.zeros((), device=self._layer_norms.device)
+        per_layer = [
+            torch.linalg.vector_norm(torch.stack([by_index.get(i, zero).float() for i in members]))
+            for members in self.layers.values()
+        ]
+        self._layer_norms.copy_(torch.stack(per_layer))
+        self._layer_step = step
+
+    def record(self, step: int, loss: Tensor, stats: ClipStats) -> None:
+        if self._n == 0:
+            self._first_step = step
+        row = torch.stack([loss.float(), *(s.float() for s in stats)])
+        self._rows[self._n].copy_(row)
+        self._n += 1
+
+    @property
+    def full(self) -> bool:
+        return self._n >= self.log_every
+
+    def drain(self) -> Window | None:
+        """Move the recorded rows to the host, fold them into the summary and reset the buffer."""
+        if self._n == 0:
+            return None
+        host = self._rows[: self._n].cpu().numpy().astype(np.float64)
+        layer_norms = self._layer_norms.cpu().numpy() if self._layer_step is not None else None
+        columns = {name: host[:, i] for i, name in enumerate(STEP_METRICS)}
+        finite = host[:, len(STEP_METRICS)] > 0.5
+        # A zeroed (skipped) step still records its non-finite pre-clip norm; the histogram counts
+        # it as non-finite and keeps it out of every percentile.
+        self.summary.histogram.add(columns["grad/norm"])
+        self.summary.steps += self._n
+        self.summary.clipped_steps += int(columns["grad/clipped"][finite].sum())
+        window = Window(
+            steps=np.arange(self._first_step, self._first_step + self._n),
+            values=columns,
+            finite=finite,
+            layer_step=self._layer_step,
+            layer_norms={} if layer_norms is None else dict(zip(self.layers, map(float, layer_norms))),
+        )
+        self._n = 0
+        self._layer_step = None
+        return window

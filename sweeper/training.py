@@ -1,0 +1,281 @@
+"""One training run: build everything from the config (validating it), then train with clipping.
+
+The step order follows nanoGPT: backward for every micro-batch → (AMP) unscale → measure & clip once
+→ optimizer step → scaler update. Nothing in the step reads a device value on the host; the host
+looks at the device only every ``tracking.log_every`` steps and at evaluations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from sweeper.clipping import Clipper, ClipStats, make_clipper
+from sweeper.config import NonFinite
+from sweeper.errors import ConfigError
+from sweeper.tasks import Task
+from sweeper.telemetry import STEP_METRICS, RunSummary, Telemetry, Window
+from sweeper.tracking import Tracker, flatten
+
+PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
+
+EvalCallback = Callable[[int, Mapping[str, float]], bool]
+"""Called after each evaluation with (step, metrics); returning True stops the run (pruning)."""
+
+
+def resolve_device(spec: str) -> torch.device:
+    allowed = "auto, cpu, cuda or cuda:<index>"
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError("train.device", spec, allowed) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device", spec, f"{allowed}; CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError("train.device", spec, f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    elif device.type != "cpu":
+        raise ConfigError("train.device", spec, allowed)
+    return device
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether the device computes in bfloat16 (CUDA before Ampere does not)."""
+    return device.type == "cpu" or torch.cuda.is_bf16_supported()
+
+
+def _instantiate(group: str, node: Any, **kwargs: Any) -> Any:
+    """Hydra instantiate, with the cause of a failure reported as a one-line ConfigError."""
+    target = node.get("_target_") if isinstance(node, Mapping | DictConfig) else None
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        if cause is None:  # the target could not even be imported
+            raise ConfigError(f"{group}._target_", target, "an importable class or function") from None
+        raise ConfigError(group, target, f"its constructor refused the config: {cause}") from None
+
+
+@dataclass
+class Setup:
+    """Everything a run needs, built and validated before anything trains or is written."""
+
+    config: DictConfig
+    device: torch.device
+    task: Task
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    clipper: Clipper
+    autocast_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+
+
+def _positive_int(key: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError(key, value, "must be an integer >= 1")
+
+
+def build(config: DictConfig) -> Setup:
+    """Validate the composed config and construct the run's parts; raises ConfigError on bad input."""
+    train = config.train
+    for key in ("steps", "batch_size", "eval_every", "accumulate"):
+        _positive_int(f"train.{key}", train[key])
+    _positive_int("tracking.log_every", config.tracking.log_every)
+    precision = str(train.precision)
+    if precision not in PRECISIONS:
+        raise ConfigError("train.precision", train.precision, f"one of {list(PRECISIONS)}")
+    device = resolve_device(str(train.device))
+    dtype = PRECISIONS[precision]
+    if dtype is torch.bfloat16 and not bf16_supported(device):
+        raise ConfigError("train.precision", precision, f"32 or 16: {device} has no bfloat16 support")
+    clipper = make_clipper(OmegaConf.to_container(config.clip, resolve=True))
+    task = _instantiate("task", config.task)
+    torch.manual_seed(int(train.seed))
+    model = _instantiate("model", config.model, **task.model_kwargs()).to(device)
+    optimizer = _instantiate("optim", config.optim, params=model.parameters())
+    scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
+    setup = Setup(config, device, task, model, optimizer, clipper, dtype, scaler)
+    if dtype is not None:
+        _probe_precision(setup, precision)
+    return setup
+
+
+def _autocast(setup: Setup) -> Any:
+    if setup.autocast_dtype is None:
+        return nullcontext()
+    return torch.autocast(setup.device.type, dtype=setup.autocast_dtype)
+
+
+def _probe_precision(setup: Setup, precision: str) -> None:
+    """One forward/backward on two examples, so an unsupported kernel fails now, not mid-sweep."""
+    x, y = setup.task.sample(2, torch.Generator().manual_seed(0))
+    try:
+        with _autocast(setup):
+            loss = setup.task.loss(setup.model(x.to(setup.device)), y.to(setup.device))
+        loss.backward()
+    except RuntimeError as err:
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(
+            "train.precision", precision, f"a precision this model supports on {setup.device} ({first_line})"
+        ) from None
+    finally:
+        setup.model.zero_grad(set_to_none=True)
+
+
+@dataclass
+class RunResult:
+    """What a run produced; ``status`` is finished, diverged or stopped (by the eval callback)."""
+
+    status: str
+    steps: int
+    train_loss: float
+    val: dict[str, float]
+    summary: RunSummary
+    tracking: str
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == "diverged"
+
+
+class Trainer:
+    """Runs optimizer steps with clipping and telemetry; owns no tracking."""
+
+    def __init__(self, setup: Setup, telemetry: Telemetry) -> None:
+        self.setup = setup
+        self.telemetry = telemetry
+        self.parameters = [p for p in setup.model.parameters() if p.requires_grad]
+        train = setup.config.train
+        self.batch_size = int(train.batch_size)
+        self.accumulate = int(train.accumulate)
+        self.generator = torch.Generator().manual_seed(int(train.seed))
+
+    def step(self, step: int) -> ClipStats:
+        """One optimizer step: ``accumulate`` micro-batches, one clip, one update."""
+        s = self.setup
+        s.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=s.device)
+        s.model.train()
+        for _ in range(self.accumulate):
+            x, y = s.task.sample(self.batch_size, self.generator)
+            x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+            with _autocast(s):
+                loss = s.task.loss(s.model(x), y) / self.accumulate
+            (s.scaler.scale(loss) if s.scaler is not None else loss).backward()
+            loss_sum += loss.detach().float()
+        if s.scaler is not None:
+            s.scaler.unscale_(s.optimizer)
+        if self.telemetry.wants_layers(step):
+            self.telemetry.measure_layers(step, self.parameters)
+        stats = s.clipper(self.parameters)
+        self.telemetry.record(step, loss_sum, stats)
+        if s.scaler is not None:
+            s.scaler.step(s.optimizer)
+            s.scaler.update()
+        else:
+            s.optimizer.step()
+        return stats
+
+    @torch.no_grad()
+    def evaluate(self, chunk: int = 512) -> dict[str, float]:
+        s = self.setup
+        s.model.eval()
+        x_all, y_all = s.task.validation()
+        totals: dict[str, Tensor] = {}
+        for start in range(0, len(y_all), chunk):
+            x = x_all[start : start + chunk].to(s.device)
+            y = y_all[start : start + chunk].to(s.device)
+            with _autocast(s):
+                out = s.model(x)
+            weight = len(y) / len(y_all)
+            values = {"loss": s.task.loss(out, y), **s.task.metrics(out, y)}
+            for name, value in values.items():
+                totals[name] = totals.get(name, 0.0) + value.float() * weight
+        return {f"val/{name}": float(value) for name, value in totals.items()}
+
+
+def _window_metrics(window: Window) -> list[tuple[str, float, int]]:
+    rows = [(name, float(v), int(s)) for name in STEP_METRICS for v, s in zip(window.values[name], window.steps)]
+    if window.layer_step is not None:
+        rows += [(f"grad/norm/{layer}", norm, window.layer_step) for layer, norm in window.layer_norms.items()]
+    return rows
+
+
+def _mean_finite(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+def train(setup: Setup, tracker: Tracker, on_eval: EvalCallback | None = None) -> RunResult:
+    """Train ``setup`` to ``train.steps`` (or divergence, or until ``on_eval`` says stop)."""
+    config = setup.config
+    steps, eval_every = int(config.train.steps), int(config.train.eval_every)
+    fail_on_nonfinite = NonFinite(config.train.nonfinite) is NonFinite.fail
+    telemetry = Telemetry(list(setup.model.named_parameters()), int(config.tracking.log_every), setup.device)
+    trainer = Trainer(setup, telemetry)
+    resolved = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
+    tracker.start_run(
+        config.tracking.run_name,
+        params=flatten(resolved),
+        tags={"clipsweep.clip_method": str(resolved["clip"]["method"]), "clipsweep.device": str(setup.device)},
+    )
+    tracker.log_text(OmegaConf.to_yaml(config), "config.yaml")
+    status, done, train_loss, val, history = "finished", 0, math.nan, {}, []
+    last_threshold = math.nan
+    try:
+        for step in range(steps):
+            trainer.step(step)
+            done = step + 1
+            last = done == steps
+            if telemetry.full or last:
+                window = telemetry.drain()
+                tracker.log_metrics(_window_metrics(window))
+                train_loss = _mean_finite(window.values["train/loss"])
+                thresholds = window.values["grad/threshold"][window.finite]
+                last_threshold = float(thresholds[-1]) if thresholds.size else last_threshold
+                if not window.finite.any() or (fail_on_nonfinite and not window.finite.all()):
+                    status = "diverged"
+                    break
+            if done % eval_every == 0 or last:
+                val = trainer.evaluate()
+                history.append({"step": done, **val})
+                tracker.log_metrics((k, v, done) for k, v in val.items())
+                if not math.isfinite(val["val/loss"]):
+                    status = "diverged"
+                    break
+                if on_eval is not None and on_eval(done, val):
+                    status = "stopped"
+                    break
+        window = telemetry.drain()  # rows recorded before an early break
+        if window is not None:
+            tracker.log_metrics(_window_metrics(window))
+        summary_metrics = telemetry.summary.metrics()
+        tracker.log_metrics((k, v, done) for k, v in summary_metrics.items() if math.isfinite(v))
+        tracker.log_text(json.dumps(telemetry.summary.histogram.to_dict(), indent=1), "grad_norm_histogram.json")
+        from sweeper.plots import norm_histogram_figure
+
+        figure = norm_histogram_figure(telemetry.summary.histogram, last_threshold)
+        tracker.log_figure(figure, "grad_norm_histogram.png")
+        tracker.set_tags({"clipsweep.status": status, "clipsweep.steps_done": str(done)})
+    except BaseException as err:
+        tracker.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    tracker.end_run("FINISHED")
+    return RunResult(status, done, train_loss, val, telemetry.summary, tracker.describe(), history)
+
