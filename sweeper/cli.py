@@ -41,8 +41,14 @@ def conf_dir() -> Path:
 
 
 def _one_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return "; ".join(line for line in lines if not line.startswith(("full_key:", "object_type=")))
+    """Hydra/OmegaConf errors span several lines and chain their cause: keep what names the problem."""
+    messages = []
+    while err is not None:
+        text = str(err).split("Config search path:")[0]
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        messages += [line for line in lines if not line.startswith(("full_key:", "object_type=", "reference_type="))]
+        err = err.__cause__
+    return " ".join(dict.fromkeys(messages))
 
 
 def _fail(message: str) -> int:
@@ -84,14 +90,27 @@ def compose(overrides: Sequence[str], config_dir: str | None = None, config_name
 
 
 def _validate_command_line(args: Sequence[str]) -> str | None:
-    """Compose once before Hydra runs, so a bad override is one line and exit code 2."""
+    """Compose and build once before Hydra runs, so bad input is one line, exit code 2, no files.
+
+    Building here too (it is rebuilt in the job) means a bad value found only by a constructor, a
+    missing file or an unreachable tracking store stops the command before Hydra creates its
+    output directory, let alone an MLflow run.
+    """
+    from sweeper.tracking import make_tracker
+    from sweeper.training import build
+
     if any(a.partition("=")[0] in _INFO_FLAGS | _MULTIRUN_FLAGS for a in args):
         return None
     overrides, config_dir, config_name = _split_hydra_args(args)
     try:
-        compose(overrides, config_dir, config_name)
+        config = compose(overrides, config_dir, config_name)
     except Exception as err:  # Hydra raises several unrelated types for bad overrides
         return _one_line(err)
+    try:
+        build(config)
+        make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)
+    except ConfigError as err:
+        return str(err)
     return None
 
 
@@ -116,23 +135,14 @@ def _format_summary(result) -> str:
 
 def run_job(config: DictConfig) -> float:
     """The Hydra task function: build, validate, train, report. Returns the final ``val/loss``."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     from sweeper.tracking import make_tracker
     from sweeper.training import build, train
 
-    single = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN
-    try:
-        setup = build(config)
-        tracker = make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)
-    except ConfigError as err:
-        if single:
-            sys.exit(_fail(str(err)))
-        raise
+    setup = build(config)
+    tracker = make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)
     result = train(setup, tracker)
     print(_format_summary(result), flush=True)
-    if single and tracker.run_id is not None:
+    if tracker.run_id is not None:
         print(f"browse it: mlflow ui --backend-store-uri {config.tracking.uri}", flush=True)
     return result.val.get("val/loss", math.nan)
 

@@ -135,7 +135,7 @@ class AdamConf:
 
 @dataclass
 class TrainConf:
-    steps: int = 600
+    steps: int = 1000
     """Optimizer steps (each may accumulate several micro-batches)."""
     batch_size: int = 32
     """Examples per micro-batch."""
@@ -173,22 +173,22 @@ class Config:
 
 SCHEMAS: dict[str | None, dict[str, type]] = {
     None: {"clipsweep_schema": Config},
-    "model": {"rnn_schema": RNNModelConf},
+    "model": {"rnn": RNNModelConf},
     "task": {
-        "adding_schema": AddingConf,
-        "copy_memory_schema": CopyMemoryConf,
-        "digits_schema": DigitsConf,
-        "text_csv_schema": TextCSVConf,
+        "adding": AddingConf,
+        "copy_memory": CopyMemoryConf,
+        "digits": DigitsConf,
+        "text_csv": TextCSVConf,
     },
     "clip": {
-        "none_schema": NoClipConf,
-        "norm_schema": NormClipConf,
-        "value_schema": ValueClipConf,
-        "percentile_schema": PercentileClipConf,
-        "zclip_schema": ZClipConf,
-        "agc_schema": AGCConf,
+        "none": NoClipConf,
+        "norm": NormClipConf,
+        "value": ValueClipConf,
+        "percentile": PercentileClipConf,
+        "zclip": ZClipConf,
+        "agc": AGCConf,
     },
-    "optim": {"sgd_schema": SGDConf, "adam_schema": AdamConf},
+    "optim": {"sgd": SGDConf, "adam": AdamConf},
 }
 
 
@@ -197,4 +197,5 @@ def register_schemas() -> None:
     store = ConfigStore.instance()
     for group, nodes in SCHEMAS.items():
         for name, node in nodes.items():
-            store.store(group=group, name=name, node=node)
+            # Under schema/<group> so that they do not show up as choices of the group itself.
+            store.store(group=f"schema/{group}" if group else None, name=name, node=node)

@@ -19,6 +19,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 from torch import Tensor, nn
 
 from sweeper.clipping import Clipper, ClipStats, make_clipper
@@ -66,7 +67,7 @@ def _instantiate(group: str, node: Any, **kwargs: Any) -> Any:
         cause = err.__cause__
         if isinstance(cause, ConfigError):
             raise cause from None
-        if cause is None:  # the target could not even be imported
+        if cause is None or isinstance(cause, ImportError):  # the target could not be imported
             raise ConfigError(f"{group}._target_", target, "an importable class or function") from None
         raise ConfigError(group, target, f"its constructor refused the config: {cause}") from None
 
@@ -92,6 +93,10 @@ def _positive_int(key: str, value: int) -> None:
 
 def build(config: DictConfig) -> Setup:
     """Validate the composed config and construct the run's parts; raises ConfigError on bad input."""
+    try:
+        OmegaConf.to_container(config, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        raise ConfigError(err.full_key, "???", "a value: it has no default, set it on the command line") from None
     train = config.train
     for key in ("steps", "batch_size", "eval_every", "accumulate"):
         _positive_int(f"train.{key}", train[key])
