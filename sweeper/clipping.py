@@ -59,8 +59,12 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
 def _positive(key: str, value: float, allow_inf: bool = False) -> float:
     value = float(value)
     finite_ok = allow_inf or math.isfinite(value)
-    _require(value > 0 and finite_ok and not math.isnan(value), key, value,
-             "must be > 0" + (" (inf disables the cap)" if allow_inf else " and finite"))
+    _require(
+        value > 0 and finite_ok and not math.isnan(value),
+        key,
+        value,
+        "must be > 0" + (" (inf disables the cap)" if allow_inf else " and finite"),
+    )
     return value
 
 

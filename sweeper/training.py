@@ -283,4 +283,3 @@ def train(setup: Setup, tracker: Tracker, on_eval: EvalCallback | None = None) -
         raise
     tracker.end_run("FINISHED")
     return RunResult(status, done, train_loss, val, telemetry.summary, tracker.describe(), history)
-

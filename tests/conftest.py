@@ -25,7 +25,7 @@ def write_text_csv(path: Path, n: int = 200, seed: int = 0) -> Path:
         writer.writerow(["comment_text", "toxic"])
         for i in range(n):
             label = i % 2
-            words = rng.choices(FILLER, k=rng.randint(4, 12)) + [rng.choice(TOXIC if label else CLEAN)]
+            words = [*rng.choices(FILLER, k=rng.randint(4, 12)), rng.choice(TOXIC if label else CLEAN)]
             rng.shuffle(words)
             writer.writerow([" ".join(words).capitalize() + "!", label])
     return path

@@ -54,7 +54,9 @@ def test_norm_histogram_merge_equals_histogram_of_union() -> None:
     union.add(np.concatenate([a, b]))
     assert merged.to_dict() == union.to_dict()
     for q in (50, 90, 99):
-        assert merged.percentile(q) == pytest.approx(np.percentile(np.concatenate([a, b]), q), rel=merged.relative_error)
+        assert merged.percentile(q) == pytest.approx(
+            np.percentile(np.concatenate([a, b]), q), rel=merged.relative_error
+        )
 
 
 def test_norm_histogram_round_trips_through_dict() -> None:

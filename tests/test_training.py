@@ -133,7 +133,7 @@ def test_train_stops_when_eval_callback_says_so(config) -> None:
 
 def test_build_rejects_lstm_fp16_on_cpu_before_training(config) -> None:
     # oneDNN has no float16 LSTM kernel: found by the probe, not mid-run.
-    with pytest.raises(ConfigError, match="train.precision='16'"):
+    with pytest.raises(ConfigError, match=r"train\.precision='16'"):
         build(config(*SMALL, "model=lstm", "train.precision=16", "train.device=cpu"))
 
 

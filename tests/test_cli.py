@@ -1,0 +1,203 @@
+"""``clipsweep run`` end to end: real Hydra composition, real training, a real MLflow SQLite store."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sweeper.cli import conf_dir, main
+
+FAST = ("model.hidden_size=16", "task.seq_len=12", "task.val_size=64", "train.batch_size=8")
+
+
+def _clipsweep(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sweeper", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def _only_run(store: Path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name("clipsweep")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def test_cli_run_records_metrics_params_and_artifacts_in_mlflow(tmp_path: Path) -> None:
+    args = (*FAST, "train.steps=60", "train.eval_every=30", "tracking.log_every=20", "clip.threshold=0.05")
+    done = _clipsweep(tmp_path, "run", *args)
+    assert done.returncode == 0, done.stderr
+    assert "status: finished after 60 steps" in done.stdout
+    assert "grad norm: p50" in done.stdout and "tracking: MLflow run" in done.stdout
+
+    client, run = _only_run(tmp_path / "mlflow.db")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["clipsweep.status"] == "finished"
+    assert run.data.params["clip.threshold"] == "0.05" and run.data.params["model.cell"] == "lstm"
+    histories = {
+        key: client.get_metric_history(run.info.run_id, key)
+        for key in ("train/loss", "grad/norm", "grad/norm_clipped", "grad/threshold", "grad/clipped")
+    }
+    for key, history in histories.items():
+        assert sorted(m.step for m in history) == list(range(60)), key
+    assert all(m.value == pytest.approx(0.05) for m in histories["grad/threshold"])
+    norms = np.array([m.value for m in histories["grad/norm"]])
+    clipped = np.array([m.value for m in histories["grad/clipped"]])
+    np.testing.assert_array_equal(clipped, [1.0 if n > 0.05 else 0.0 for n in norms])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [30, 60]
+    for layer in ("rnn.l0", "head"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, f"grad/norm/{layer}")] == [0, 20, 40]
+
+    summary = run.data.metrics
+    relative_error = 10 ** (0.5 / 100) - 1
+    for q in (50, 90, 99):
+        assert summary[f"grad/norm_p{q}"] == pytest.approx(np.percentile(norms, q), rel=relative_error * 1.0001)
+    assert summary["grad/norm_max"] == pytest.approx(norms.max(), rel=1e-6)
+    assert summary["grad/clip_fraction"] == pytest.approx(clipped.mean())
+    assert summary["grad/nonfinite_steps"] == 0
+
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "grad_norm_histogram.json", "grad_norm_histogram.png"} <= artifacts
+    local = Path(client.download_artifacts(run.info.run_id, "grad_norm_histogram.json", str(tmp_path)))
+    assert json.loads(local.read_text())["count"] == 60
+    png = Path(client.download_artifacts(run.info.run_id, "grad_norm_histogram.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_console_script_trains_a_classification_task(tmp_path: Path) -> None:
+    script = shutil.which("clipsweep") or str(Path(sys.executable).with_name("clipsweep"))
+    done = subprocess.run(
+        [script, "run", "task=digits", "model=gru", "clip=value", "clip.threshold=0.5", "optim=sgd", "train.steps=30",
+         "train.eval_every=30", "model.hidden_size=16", "tracking.enabled=false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "val/accuracy" in done.stdout and "tracking disabled" in done.stdout
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_cli_user_model_and_text_csv_from_config_dir(tmp_path: Path, text_csv: Path) -> None:
+    (tmp_path / "mine" / "model").mkdir(parents=True)
+    (tmp_path / "mine" / "model" / "tiny.yaml").write_text("_target_: tiny_model.TinyModel\nwidth: 8\n")
+    (tmp_path / "tiny_model.py").write_text(
+        "import torch\n"
+        "class TinyModel(torch.nn.Module):\n"
+        "    def __init__(self, input_size, output_size, sequence_output, vocab_size, width):\n"
+        "        super().__init__()\n"
+        "        self.embed = torch.nn.EmbeddingBag(vocab_size, width)\n"
+        "        self.head = torch.nn.Linear(width, output_size)\n"
+        "    def forward(self, x):\n"
+        "        return self.head(self.embed(x))\n"
+    )
+    args = ("--config-dir", "mine", "model=tiny", "task=text_csv", f"task.path={text_csv}",
+            "task.text_column=comment_text", "task.label_column=toxic",
+            "train.steps=20", "train.eval_every=10")  # fmt: skip
+    done = _clipsweep(tmp_path, "run", *args, env={"PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    _, run = _only_run(tmp_path / "mlflow.db")
+    assert run.data.params["model._target_"] == "tiny_model.TinyModel"
+    assert 0.0 <= run.data.metrics["val/accuracy"] <= 1.0
+
+
+def test_cli_diverged_run_exits_0_and_is_recorded(tmp_path: Path) -> None:
+    done = _clipsweep(tmp_path, "run", "optim=sgd", "optim.lr=1.0", "clip=none", "train.steps=400")
+    assert done.returncode == 0, done.stderr
+    assert "DIVERGED" in done.stdout
+    _, run = _only_run(tmp_path / "mlflow.db")
+    assert run.data.tags["clipsweep.status"] == "diverged"
+    assert run.data.metrics["grad/nonfinite_steps"] > 0
+
+
+def test_cli_multirun_spelling_runs_each_job(tmp_path: Path) -> None:
+    done = _clipsweep(tmp_path, "run", "--multirun", "clip.threshold=0.5,2.0", *FAST, "train.steps=10")
+    assert done.returncode == 0, done.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("clipsweep").experiment_id])
+    assert sorted(r.data.params["clip.threshold"] for r in runs) == ["0.5", "2.0"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["model=transformer"], "model/transformer"),
+        (["task=mnist"], "task/mnist"),
+        (["clip=clipx"], "clip/clipx"),
+        (["train.stpes=10"], "train.stpes"),
+        (["clip.threshold=0"], "clip.threshold=0.0"),
+        (["clip.threshold=-1"], "clip.threshold=-1.0"),
+        (["clip=percentile", "clip.percentile=0"], "clip.percentile=0.0"),
+        (["clip=percentile", "clip.percentile=100.5"], "clip.percentile=100.5"),
+        (["task=text_csv", "task.path=missing.csv"], "task.path='missing.csv'"),
+        (["train.precision=bf15"], "train.precision='bf15'"),
+        (["train.precision=16", "train.device=cpu"], "train.precision='16'"),
+        (["tracking.uri=http://127.0.0.1:{port}"], "tracking.uri="),
+        (["tracking.uri=sqlite:///no/such/dir/mlflow.db"], "tracking.uri="),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], named: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = [a.format(port=_closed_port()) for a in args]
+    assert main(["run", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clipsweep: error:") and "\n" not in err
+    assert named in err
+    assert list(tmp_path.iterdir()) == []  # no MLflow store, no Hydra output directory
+
+
+def test_cli_unknown_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweeep"]) == 2
+    assert "command='sweeep'" in capsys.readouterr().err
+
+
+def test_conf_dir_is_found_from_an_installed_wheel(tmp_path: Path) -> None:
+    """Build the wheel, install it alone into a directory and compose from there, not the checkout."""
+    repo = Path(__file__).resolve().parent.parent
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "-w", str(tmp_path / "dist"), str(repo)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    wheel = next((tmp_path / "dist").glob("clipsweep-*.whl"))
+    target = tmp_path / "site"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(target), str(wheel)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    probe = (
+        "import sweeper.cli as c; from sweeper.cli import compose, conf_dir; "
+        "print(c.__file__); print(conf_dir()); print(compose(['model=gru', 'clip=zclip']).clip.method.value)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(target)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    module_file, found_conf, method = done.stdout.split()
+    assert Path(module_file).is_relative_to(target) and Path(found_conf).is_relative_to(target)
+    assert (Path(found_conf) / "clip" / "zclip.yaml").is_file() and method == "zclip"
+    assert conf_dir() != Path(found_conf)
