@@ -37,18 +37,30 @@ class ClipMethod(str, Enum):
 
 
 class ClipStats(NamedTuple):
-    """One optimizer step's clipping record; every field is a 0-dim tensor on the grads' device."""
+    """One optimizer step's clipping record; every field is a 0-dim tensor on the grads' device.
+
+    ``norm_clipped`` and ``clipped`` are None for methods that rescale the global norm to
+    ``threshold``: there they follow from ``norm`` and ``threshold`` (``min(norm, threshold)`` and
+    ``norm > threshold``) and are derived on the host, which saves device ops on every step.
+    """
 
     norm: Tensor
     """Global gradient norm before clipping (non-finite when the step was skipped)."""
-    norm_clipped: Tensor
-    """Global gradient norm after clipping (0 for a skipped step)."""
     threshold: Tensor
-    """Threshold in force at this step (``inf`` when nothing bounded it)."""
-    clipped: Tensor
-    """1.0 when clipping changed the gradients, else 0.0."""
+    """Global-norm threshold in force at this step (``inf`` when nothing bounded it)."""
     finite: Tensor
-    """1.0 when the gradients were finite and applied, 0.0 when they were zeroed."""
+    """True when the gradients were finite and applied, False when they were zeroed."""
+    norm_clipped: Tensor | None = None
+    """Global gradient norm after clipping, when it does not follow from norm and threshold."""
+    clipped: Tensor | None = None
+    """Whether clipping changed the gradients, when it does not follow from norm and threshold."""
+
+    def resolved(self) -> tuple[Tensor, Tensor]:
+        """(norm_clipped, clipped) on the device, deriving them where the clipper left them None."""
+        finite = self.finite
+        norm_clipped = self.norm_clipped if self.norm_clipped is not None else torch.minimum(self.norm, self.threshold)
+        clipped = self.clipped if self.clipped is not None else self.norm > self.threshold
+        return torch.where(finite, norm_clipped, 0.0), clipped & finite
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -103,24 +115,23 @@ class Clipper(ABC):
         not_finite = ~finite
         for g in grads:
             g.masked_fill_(not_finite, 0.0)
-        safe_norm = torch.where(finite, norm, torch.zeros_like(norm))
+        safe_norm = torch.nan_to_num(norm, nan=0.0, posinf=0.0)
         threshold, norm_clipped, clipped = self._clip(parameters, grads, safe_norm, finite)
-        return ClipStats(
-            norm=norm,
-            norm_clipped=norm_clipped * finite,
-            threshold=threshold.to(norm.dtype),
-            clipped=(clipped & finite).to(norm.dtype),
-            finite=finite.to(norm.dtype),
-        )
+        return ClipStats(norm, threshold, finite, norm_clipped, clipped)
 
     @abstractmethod
     def _clip(
         self, parameters: Sequence[Tensor], grads: list[Tensor], norm: Tensor, finite: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Clip in place; return (threshold, post-clip norm, clipped flag) as device tensors."""
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Clip in place; return the threshold and, unless they follow from it, post-clip norm and flag."""
 
-    def _full(self, like: Tensor, value: float) -> Tensor:
-        return torch.full((), value, dtype=like.dtype, device=like.device)
+    def _constant(self, like: Tensor, value: float) -> Tensor:
+        """A cached 0-dim tensor: allocating one every step would cost as much as clipping."""
+        cache = self.__dict__.setdefault("_constants", {})
+        key = (value, like.dtype, like.device)
+        if key not in cache:
+            cache[key] = torch.full((), value, dtype=like.dtype, device=like.device)
+        return cache[key]
 
 
 class NoClip(Clipper):
@@ -129,7 +140,7 @@ class NoClip(Clipper):
     method = ClipMethod.none
 
     def _clip(self, parameters, grads, norm, finite):
-        return self._full(norm, math.inf), norm, torch.zeros_like(finite)
+        return self._constant(norm, math.inf), None, None
 
 
 class NormClip(Clipper):
@@ -143,8 +154,7 @@ class NormClip(Clipper):
 
     def _clip(self, parameters, grads, norm, finite):
         clip_grads_with_norm_(parameters, self.threshold, norm)
-        threshold = self._full(norm, self.threshold)
-        return threshold, torch.minimum(norm, threshold), norm > threshold
+        return self._constant(norm, self.threshold), None, None
 
 
 class ValueClip(Clipper):
@@ -159,7 +169,7 @@ class ValueClip(Clipper):
     def _clip(self, parameters, grads, norm, finite):
         clipped = get_total_norm(grads, math.inf) > self.threshold
         clip_grad_value_(parameters, self.threshold)
-        return self._full(norm, self.threshold), get_total_norm(grads, self.norm_type), clipped
+        return self._constant(norm, self.threshold), get_total_norm(grads, self.norm_type), clipped
 
 
 class PercentileClip(Clipper):
@@ -186,11 +196,11 @@ class PercentileClip(Clipper):
         if self._window is None:
             self._window = torch.full((self.history,), math.nan, dtype=norm.dtype, device=norm.device)
         quantile = torch.nanquantile(self._window, self.percentile / 100.0)
-        threshold = torch.fmin(quantile, self._full(norm, self.cap))  # fmin: NaN (empty) → cap
+        threshold = torch.fmin(quantile, self._constant(norm, self.cap))  # fmin: NaN (empty) → cap
         _scale_to(grads, norm, threshold)
-        self._window[self._next] = torch.where(finite, norm, self._full(norm, math.nan))
+        self._window[self._next] = torch.where(finite, norm, self._constant(norm, math.nan))
         self._next = (self._next + 1) % self.history
-        return threshold, torch.minimum(norm, threshold), norm > threshold
+        return threshold, None, None
 
 
 class ZClip(Clipper):
@@ -225,7 +235,7 @@ class ZClip(Clipper):
         self._var: Tensor | None = None
 
     def _clip(self, parameters, grads, norm, finite):
-        cap = self._full(norm, self.cap)
+        cap = self._constant(norm, self.cap)
         g = norm.double()  # float64 statistics: an EMA over thousands of steps drifts in float32
         if self._seen < self.warmup_steps:
             if self._warmup is None:
@@ -248,7 +258,7 @@ class ZClip(Clipper):
             self._mean = torch.where(finite, mean, self._mean)
             self._var = torch.where(finite, var, self._var)
         _scale_to(grads, norm, threshold)
-        return threshold, torch.minimum(norm, threshold), norm > threshold
+        return threshold, None, None
 
 
 class AGC(Clipper):
@@ -284,7 +294,7 @@ class AGC(Clipper):
             p.grad.mul_(scale)
             any_unit = any_unit | over.any()
         after_agc = get_total_norm(grads, self.norm_type)
-        cap = self._full(norm, self.cap)
+        cap = self._constant(norm, self.cap)
         _scale_to(grads, after_agc, cap)
         return cap, torch.minimum(after_agc, cap), any_unit | (after_agc > cap)
 

@@ -10,12 +10,13 @@ from sweeper.telemetry import NormHistogram
 
 def norm_histogram_figure(histogram: NormHistogram, threshold: float = math.nan) -> Any:
     """The pre-clip norm distribution on a log axis with p50/p90/p99 and the threshold marked."""
-    import matplotlib
+    # The object-oriented API, not pyplot: no global figure registry, safe off the main thread.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4))
+    # Fixed margins instead of tight_layout, which renders the figure once more just to measure it.
+    figure = Figure(figsize=(7, 4), dpi=80)
+    figure.subplots_adjust(left=0.1, right=0.97, bottom=0.13, top=0.92)
+    axes = figure.subplots()
     edges, counts = histogram.bin_edges_and_counts()
     if counts.size:
         axes.stairs(counts, edges, fill=True, alpha=0.6, label=f"{histogram.count} finite steps")
@@ -29,6 +30,4 @@ def norm_histogram_figure(histogram: NormHistogram, threshold: float = math.nan)
     axes.set_ylabel("steps")
     axes.set_title(f"gradient norms ({histogram.nonfinite} non-finite steps not shown)")
     axes.legend(fontsize="small")
-    figure.tight_layout()
-    plt.close(figure)
     return figure

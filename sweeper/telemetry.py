@@ -21,7 +21,11 @@ from torch import Tensor
 from sweeper.clipping import ClipStats
 
 STEP_METRICS = ("train/loss", "grad/norm", "grad/norm_clipped", "grad/threshold", "grad/clipped")
-"""Metric names of the per-step columns, in buffer order (a sixth column holds the finite flag)."""
+"""Metric names of the per-step values."""
+
+# Device buffer columns. The last two are NaN when the clipper leaves them to be derived from
+# norm and threshold on the host (see ClipStats).
+_LOSS, _NORM, _THRESHOLD, _FINITE, _NORM_CLIPPED, _CLIPPED = range(6)
 
 _LAYER_INDEX = re.compile(r"_l(\d+)(_reverse)?$")
 
@@ -163,6 +167,46 @@ class Window:
     layer_step: int | None
     layer_norms: dict[str, float]
 
+    def metrics(self) -> list[tuple[str, float, int]]:
+        """The window's statistics as ``(key, value, step)``, stamped with its last step.
+
+        Means are over the finite steps; ``grad/clipped`` is the fraction of the window's steps
+        that were clipped, ``grad/norm_peak`` its largest finite norm (spikes stay visible), and
+        ``grad/nonfinite`` how many steps were skipped. Every step's own values go to
+        ``telemetry/steps.csv`` (see ``steps_csv``): one MLflow row costs ~0.1 ms, so per-step
+        metrics would cost more than a small model's training step.
+        """
+        finite_norms = self.values["grad/norm"][self.finite]
+
+        def mean(name: str) -> float:
+            values = self.values[name][self.finite]
+            return float(values.mean()) if values.size else math.nan
+
+        step = int(self.steps[-1])
+        stats = {
+            "train/loss": mean("train/loss"),
+            "grad/norm": mean("grad/norm"),
+            "grad/norm_clipped": mean("grad/norm_clipped"),
+            "grad/threshold": mean("grad/threshold"),
+            "grad/clipped": float(self.values["grad/clipped"].mean()),
+            "grad/norm_peak": float(finite_norms.max()) if finite_norms.size else math.nan,
+            "grad/nonfinite": float((~self.finite).sum()),
+        }
+        rows = [(name, value, step) for name, value in stats.items()]
+        if self.layer_step is not None:
+            rows += [(f"grad/norm/{layer}", norm, self.layer_step) for layer, norm in self.layer_norms.items()]
+        return rows
+
+
+def steps_csv(windows: Sequence[Window]) -> str:
+    """Every recorded step as CSV (``step``, the STEP_METRICS columns, ``finite``)."""
+    lines = [",".join(("step", *STEP_METRICS, "finite"))]
+    for w in windows:
+        columns = [w.values[name] for name in STEP_METRICS]
+        for i, step in enumerate(w.steps):
+            lines.append(",".join((str(int(step)), *(repr(float(c[i])) for c in columns), str(int(w.finite[i])))))
+    return "\n".join(lines) + "\n"
+
 
 @dataclass
 class RunSummary:
@@ -202,7 +246,8 @@ class Telemetry:
         self.layers: dict[str, list[int]] = {}
         for i, (name, _) in enumerate(named_parameters):
             self.layers.setdefault(layer_name(name), []).append(i)
-        self._rows = torch.zeros((log_every, len(STEP_METRICS) + 1), dtype=torch.float32, device=device)
+        self._rows = torch.zeros((log_every, 6), dtype=torch.float32, device=device)
+        self._unset = torch.full((2,), math.nan, dtype=torch.float32, device=device)
         self._layer_norms = torch.zeros(len(self.layers), dtype=torch.float32, device=device)
         self._layer_step: int | None = None
         self._first_step = 0
@@ -232,7 +277,12 @@ class Telemetry:
     def record(self, step: int, loss: Tensor, stats: ClipStats) -> None:
         if self._n == 0:
             self._first_step = step
-        row = torch.stack([loss.float(), *(s.float() for s in stats)])
+        if stats.norm_clipped is None:
+            row = torch.cat([torch.stack([loss, stats.norm, stats.threshold, stats.finite.float()]), self._unset])
+        else:
+            row = torch.stack(
+                [loss, stats.norm, stats.threshold, stats.finite.float(), stats.norm_clipped, stats.clipped.float()]
+            )
         self._rows[self._n].copy_(row)
         self._n += 1
 
@@ -246,8 +296,18 @@ class Telemetry:
             return None
         host = self._rows[: self._n].cpu().numpy().astype(np.float64)
         layer_norms = self._layer_norms.cpu().numpy() if self._layer_step is not None else None
-        columns = {name: host[:, i] for i, name in enumerate(STEP_METRICS)}
-        finite = host[:, len(STEP_METRICS)] > 0.5
+        norm, threshold, finite = host[:, _NORM], host[:, _THRESHOLD], host[:, _FINITE] > 0.5
+        derive = np.isnan(host[:, _NORM_CLIPPED])
+        with np.errstate(invalid="ignore"):
+            norm_clipped = np.where(derive, np.minimum(norm, threshold), host[:, _NORM_CLIPPED])
+            clipped = np.where(derive, norm > threshold, host[:, _CLIPPED] > 0.5)
+        columns = {
+            "train/loss": host[:, _LOSS],
+            "grad/norm": norm,
+            "grad/norm_clipped": np.where(finite, norm_clipped, 0.0),
+            "grad/threshold": threshold,
+            "grad/clipped": (clipped & finite).astype(np.float64),
+        }
         # A zeroed (skipped) step still records its non-finite pre-clip norm; the histogram counts
         # it as non-finite and keeps it out of every percentile.
         self.summary.histogram.add(columns["grad/norm"])

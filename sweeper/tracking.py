@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -112,7 +112,11 @@ class NullTracker(Tracker):
 
 
 class MlflowTracker(Tracker):
-    """One MLflow run, written through ``MlflowClient`` (no global fluent state)."""
+    """One MLflow run, written through ``MlflowClient`` (no global fluent state).
+
+    Only ``start_run`` talks to the store on the caller's thread (so a broken store fails at once
+    and the run id is known); every later write is a job for one background thread, in order.
+    """
 
     def __init__(self, uri: str, experiment: str) -> None:
         from mlflow.tracking import MlflowClient
@@ -121,7 +125,7 @@ class MlflowTracker(Tracker):
         self.experiment_name = experiment
         self.client = MlflowClient(tracking_uri=uri)
         self.experiment_id: str | None = None
-        self._queue: queue.Queue[list[tuple[str, float, int]] | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -143,44 +147,51 @@ class MlflowTracker(Tracker):
         self.experiment_id = self._experiment()
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
         self.run_id = run.info.run_id
+        self._worker = threading.Thread(target=self._work, name="clipsweep-mlflow", daemon=True)
+        self._worker.start()
         items = [Param(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items()]
         for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=items[i : i + _MAX_PARAMS_PER_BATCH])
-        self._worker = threading.Thread(target=self._drain, name="clipsweep-mlflow", daemon=True)
-        self._worker.start()
+            self._submit(self.client.log_batch, self.run_id, [], items[i : i + _MAX_PARAMS_PER_BATCH])
 
-    def _drain(self) -> None:
-        from mlflow.entities import Metric
+    def _submit(self, job: Callable[..., Any], *args: Any) -> None:
+        self._jobs.put((job, args))
 
-        while (batch := self._queue.get()) is not None:
+    def _work(self) -> None:
+        while (item := self._jobs.get()) is not None:
             if self._error is not None:
                 continue
-            timestamp = int(time.time() * 1000)
-            metrics = [Metric(k, float(v), timestamp, int(s)) for k, v, s in batch]
+            job, args = item
             try:
-                for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
-                    self.client.log_batch(self.run_id, metrics=metrics[i : i + _MAX_METRICS_PER_BATCH])
+                job(*args)
             except BaseException as err:  # reported by end_run on the caller's thread
                 self._error = err
+
+    def _log_metric_batch(self, batch: list[tuple[str, float, int]]) -> None:
+        from mlflow.entities import Metric
+
+        timestamp = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), timestamp, int(s)) for k, v, s in batch]
+        for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + _MAX_METRICS_PER_BATCH])
 
     def log_metrics(self, metrics):
         batch = list(metrics)
         if batch:
-            self._queue.put(batch)
+            self._submit(self._log_metric_batch, batch)
 
     def log_text(self, text, artifact_file):
-        self.client.log_text(self.run_id, text, artifact_file)
+        self._submit(self.client.log_text, self.run_id, text, artifact_file)
 
     def log_figure(self, figure, artifact_file):
-        self.client.log_figure(self.run_id, figure, artifact_file)
+        self._submit(self.client.log_figure, self.run_id, figure, artifact_file)
 
     def set_tags(self, tags):
         for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, value)
+            self._submit(self.client.set_tag, self.run_id, key, value)
 
     def end_run(self, status="FINISHED"):
         if self._worker is not None:
-            self._queue.put(None)
+            self._jobs.put(None)
             self._worker.join()
             self._worker = None
         self.client.set_terminated(self.run_id, status=status)

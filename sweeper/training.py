@@ -26,7 +26,7 @@ from sweeper.clipping import Clipper, ClipStats, make_clipper
 from sweeper.config import NonFinite
 from sweeper.errors import ConfigError
 from sweeper.tasks import Task
-from sweeper.telemetry import STEP_METRICS, RunSummary, Telemetry, Window
+from sweeper.telemetry import RunSummary, Telemetry, Window, steps_csv
 from sweeper.tracking import Tracker, flatten
 
 PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
@@ -175,15 +175,17 @@ class Trainer:
         """One optimizer step: ``accumulate`` micro-batches, one clip, one update."""
         s = self.setup
         s.optimizer.zero_grad(set_to_none=True)
-        loss_sum = torch.zeros((), device=s.device)
+        loss_sum: Tensor | None = None
         s.model.train()
         for _ in range(self.accumulate):
             x, y = s.task.sample(self.batch_size, self.generator)
             x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
             with _autocast(s):
-                loss = s.task.loss(s.model(x), y) / self.accumulate
+                loss = s.task.loss(s.model(x), y)
+            if self.accumulate > 1:
+                loss = loss / self.accumulate
             (s.scaler.scale(loss) if s.scaler is not None else loss).backward()
-            loss_sum += loss.detach().float()
+            loss_sum = loss.detach().float() if loss_sum is None else loss_sum + loss.detach().float()
         if s.scaler is not None:
             s.scaler.unscale_(s.optimizer)
         if self.telemetry.wants_layers(step):
@@ -215,13 +217,6 @@ class Trainer:
         return {f"val/{name}": float(value) for name, value in totals.items()}
 
 
-def _window_metrics(window: Window) -> list[tuple[str, float, int]]:
-    rows = [(name, float(v), int(s)) for name in STEP_METRICS for v, s in zip(window.values[name], window.steps)]
-    if window.layer_step is not None:
-        rows += [(f"grad/norm/{layer}", norm, window.layer_step) for layer, norm in window.layer_norms.items()]
-    return rows
-
-
 def _mean_finite(values: np.ndarray) -> float:
     finite = values[np.isfinite(values)]
     return float(finite.mean()) if finite.size else math.nan
@@ -243,6 +238,7 @@ def train(setup: Setup, tracker: Tracker, on_eval: EvalCallback | None = None) -
     tracker.log_text(OmegaConf.to_yaml(config), "config.yaml")
     status, done, train_loss, val, history = "finished", 0, math.nan, {}, []
     last_threshold = math.nan
+    windows: list[Window] = []
     try:
         for step in range(steps):
             trainer.step(step)
@@ -250,7 +246,8 @@ def train(setup: Setup, tracker: Tracker, on_eval: EvalCallback | None = None) -
             last = done == steps
             if telemetry.full or last:
                 window = telemetry.drain()
-                tracker.log_metrics(_window_metrics(window))
+                windows.append(window)
+                tracker.log_metrics(window.metrics())
                 train_loss = _mean_finite(window.values["train/loss"])
                 thresholds = window.values["grad/threshold"][window.finite]
                 last_threshold = float(thresholds[-1]) if thresholds.size else last_threshold
@@ -269,14 +266,17 @@ def train(setup: Setup, tracker: Tracker, on_eval: EvalCallback | None = None) -
                     break
         window = telemetry.drain()  # rows recorded before an early break
         if window is not None:
-            tracker.log_metrics(_window_metrics(window))
+            windows.append(window)
+            tracker.log_metrics(window.metrics())
+        tracker.log_text(steps_csv(windows), "telemetry/steps.csv")
         summary_metrics = telemetry.summary.metrics()
         tracker.log_metrics((k, v, done) for k, v in summary_metrics.items() if math.isfinite(v))
-        tracker.log_text(json.dumps(telemetry.summary.histogram.to_dict(), indent=1), "grad_norm_histogram.json")
+        histogram = telemetry.summary.histogram
+        tracker.log_text(json.dumps(histogram.to_dict(), indent=1), "telemetry/grad_norm_histogram.json")
         from sweeper.plots import norm_histogram_figure
 
-        figure = norm_histogram_figure(telemetry.summary.histogram, last_threshold)
-        tracker.log_figure(figure, "grad_norm_histogram.png")
+        figure = norm_histogram_figure(histogram, last_threshold)
+        tracker.log_figure(figure, "telemetry/grad_norm_histogram.png")
         tracker.set_tags({"clipsweep.status": status, "clipsweep.steps_done": str(done)})
     except BaseException as err:
         tracker.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")

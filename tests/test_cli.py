@@ -49,19 +49,29 @@ def test_cli_run_records_metrics_params_and_artifacts_in_mlflow(tmp_path: Path) 
     assert run.info.status == "FINISHED"
     assert run.data.tags["clipsweep.status"] == "finished"
     assert run.data.params["clip.threshold"] == "0.05" and run.data.params["model.cell"] == "lstm"
-    histories = {
-        key: client.get_metric_history(run.info.run_id, key)
-        for key in ("train/loss", "grad/norm", "grad/norm_clipped", "grad/threshold", "grad/clipped")
-    }
-    for key, history in histories.items():
-        assert sorted(m.step for m in history) == list(range(60)), key
-    assert all(m.value == pytest.approx(0.05) for m in histories["grad/threshold"])
-    norms = np.array([m.value for m in histories["grad/norm"]])
-    clipped = np.array([m.value for m in histories["grad/clipped"]])
-    np.testing.assert_array_equal(clipped, [1.0 if n > 0.05 else 0.0 for n in norms])
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [30, 60]
+    steps_file = Path(client.download_artifacts(run.info.run_id, "telemetry/steps.csv", str(tmp_path)))
+    table = np.genfromtxt(steps_file, delimiter=",", names=True, deletechars="")
+    np.testing.assert_array_equal(table["step"], np.arange(60))
+    norms, clipped = table["grad/norm"], table["grad/clipped"]
+    np.testing.assert_allclose(table["grad/threshold"], 0.05, rtol=1e-6)
+    np.testing.assert_array_equal(clipped, norms > 0.05)
+    np.testing.assert_allclose(table["grad/norm_clipped"], np.minimum(norms, 0.05), rtol=1e-6)
+
+    def history(key: str) -> dict[int, float]:
+        return {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+
+    # Window statistics every log_every (20) steps, stamped with the window's last step.
+    assert list(history("grad/norm")) == [19, 39, 59]
+    for end in (19, 39, 59):
+        window = slice(end - 19, end + 1)
+        assert history("grad/norm")[end] == pytest.approx(norms[window].mean(), rel=1e-6)
+        assert history("grad/norm_peak")[end] == pytest.approx(norms[window].max(), rel=1e-6)
+        assert history("grad/clipped")[end] == pytest.approx(clipped[window].mean())
+        assert history("train/loss")[end] == pytest.approx(table["train/loss"][window].mean(), rel=1e-6)
+        assert history("grad/nonfinite")[end] == 0
+    assert list(history("val/loss")) == [30, 60]
     for layer in ("rnn.l0", "head"):
-        assert [m.step for m in client.get_metric_history(run.info.run_id, f"grad/norm/{layer}")] == [0, 20, 40]
+        assert list(history(f"grad/norm/{layer}")) == [0, 20, 40]
 
     summary = run.data.metrics
     relative_error = 10 ** (0.5 / 100) - 1
@@ -72,10 +82,10 @@ def test_cli_run_records_metrics_params_and_artifacts_in_mlflow(tmp_path: Path) 
     assert summary["grad/nonfinite_steps"] == 0
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "grad_norm_histogram.json", "grad_norm_histogram.png"} <= artifacts
-    local = Path(client.download_artifacts(run.info.run_id, "grad_norm_histogram.json", str(tmp_path)))
+    assert {"config.yaml", "telemetry"} <= artifacts
+    local = Path(client.download_artifacts(run.info.run_id, "telemetry/grad_norm_histogram.json", str(tmp_path)))
     assert json.loads(local.read_text())["count"] == 60
-    png = Path(client.download_artifacts(run.info.run_id, "grad_norm_histogram.png", str(tmp_path)))
+    png = Path(client.download_artifacts(run.info.run_id, "telemetry/grad_norm_histogram.png", str(tmp_path)))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
