@@ -8,22 +8,25 @@ naming the key, the value and what is allowed, before any training and before an
 from __future__ import annotations
 
 import importlib.util
-import logging
-import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sweeper.errors import ConfigError
 
-log = logging.getLogger("clipsweep")
+if TYPE_CHECKING:
+    from sweeper.training import RunResult
+
 
 USAGE = """usage: clipsweep <command> [hydra overrides and flags]
 
 commands:
   run    train one configuration (Hydra app: clipsweep run model=gru clip=value clip.threshold=0.5)
+  sweep  search with Optuna (= clipsweep run --multirun): clipsweep sweep hydra.sweeper.n_trials=40
+  ui     open the MLflow UI on the tracking store: clipsweep ui [--port 5000] [--tracking-uri URI]
 
 Run 'clipsweep run --help' for the config groups and Hydra's flags."""
 
@@ -76,7 +79,12 @@ def _split_hydra_args(args: Sequence[str]) -> tuple[list[str], str | None, str]:
     return overrides, config_dir, config_name
 
 
-def compose(overrides: Sequence[str], config_dir: str | None = None, config_name: str = "config") -> DictConfig:
+def compose(
+    overrides: Sequence[str],
+    config_dir: str | None = None,
+    config_name: str = "config",
+    return_hydra_config: bool = False,
+) -> DictConfig:
     """Compose ``conf/`` (plus a user's config dir) exactly as ``clipsweep run`` would."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -86,7 +94,9 @@ def compose(overrides: Sequence[str], config_dir: str | None = None, config_name
     register_schemas()
     extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=[*overrides, *extra])
+        return hydra_compose(
+            config_name=config_name, overrides=[*overrides, *extra], return_hydra_config=return_hydra_config
+        )
 
 
 def _validate_command_line(args: Sequence[str]) -> str | None:
@@ -99,7 +109,7 @@ def _validate_command_line(args: Sequence[str]) -> str | None:
     from sweeper.tracking import make_tracker
     from sweeper.training import build
 
-    if any(a.partition("=")[0] in _INFO_FLAGS | _MULTIRUN_FLAGS for a in args):
+    if any(a.partition("=")[0] in _INFO_FLAGS for a in args):
         return None
     overrides, config_dir, config_name = _split_hydra_args(args)
     try:
@@ -114,7 +124,7 @@ def _validate_command_line(args: Sequence[str]) -> str | None:
     return None
 
 
-def _format_summary(result) -> str:
+def _format_summary(result: RunResult) -> str:
     metrics = result.summary.metrics()
     parts = [
         f"status: {result.status} after {result.steps} steps",
@@ -133,29 +143,59 @@ def _format_summary(result) -> str:
     return "\n".join(lines)
 
 
-def run_job(config: DictConfig) -> float:
-    """The Hydra task function: build, validate, train, report. Returns the final ``val/loss``."""
+def run_job(config: DictConfig) -> dict[str, Any]:
+    """The Hydra task function: build, validate, train, report.
+
+    Returns what a sweep needs: ``status``, ``metrics`` (final ``val/*``, ``train/loss`` and the
+    gradient-norm summary) and ``mlflow_run_id``. Inside a clipsweep sweep the job reports its
+    validation objective to its Optuna trial and stops when the pruner says so.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    from sweeper.study import TrialReporter
     from sweeper.tracking import make_tracker
     from sweeper.training import build, train
 
     setup = build(config)
     tracker = make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)
-    result = train(setup, tracker)
+    sweeper_config = None
+    if HydraConfig.initialized():
+        sweeper_config = OmegaConf.to_container(HydraConfig.get().sweeper, resolve=True)
+    reporter = TrialReporter.from_environment(sweeper_config)
+    if reporter is None:
+        result = train(setup, tracker)
+    else:
+        result = train(
+            setup, tracker, on_eval=reporter.on_eval, tags=reporter.run_tags(), run_name=f"trial-{reporter.number}"
+        )
+        reporter.record_run_id(tracker.run_id)
     print(_format_summary(result), flush=True)
-    if tracker.run_id is not None:
-        print(f"browse it: mlflow ui --backend-store-uri {config.tracking.uri}", flush=True)
-    return result.val.get("val/loss", math.nan)
+    if tracker.run_id is not None and reporter is None:
+        print(f"browse it: clipsweep ui tracking.uri={config.tracking.uri}", flush=True)
+    metrics = {**result.val, "train/loss": result.train_loss, **result.summary.metrics()}
+    return {"status": result.status, "metrics": metrics, "mlflow_run_id": tracker.run_id}
 
 
-def run_command(args: Sequence[str]) -> int:
+def _register_sweeper() -> None:
+    """Hydra finds plugins by walking ``hydra_plugins``, which an editable install hides from it."""
+    from hydra.core.plugins import Plugins
+
+    from hydra_plugins.clipsweep_sweeper.clipsweep_sweeper import ClipsweepSweeper
+
+    Plugins.instance().register(ClipsweepSweeper)
+
+
+def run_command(args: Sequence[str], validated: bool = False) -> int:
     import hydra
 
     from sweeper.config import register_schemas
 
-    error = _validate_command_line(args)
-    if error is not None:
-        return _fail(error)
+    if not validated:
+        error = (_validate_sweep_line if any(a in _MULTIRUN_FLAGS for a in args) else _validate_command_line)(args)
+        if error is not None:
+            return _fail(error)
     register_schemas()
+    _register_sweeper()
     entry = hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(run_job)
     saved = sys.argv
     sys.argv = ["clipsweep run", *args]
@@ -166,7 +206,69 @@ def run_command(args: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"run": run_command}
+def _validate_sweep_line(args: Sequence[str]) -> str | None:
+    """What Hydra and the sweeper would reject, found before either runs: one line, exit code 2.
+
+    The base config is composed with the fixed overrides (sweep grammar cannot be composed), built
+    and its tracking store checked; then the sweeper's settings and search space are planned and
+    the storage opened last, to refuse a study stored with another direction.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from sweeper.hydra_sweeper import plan_sweep
+    from sweeper.study import open_storage, open_study_if_exists
+    from sweeper.tracking import make_tracker
+    from sweeper.training import build
+
+    if any(a.partition("=")[0] in _INFO_FLAGS for a in args):
+        return None
+    overrides, config_dir, config_name = _split_hydra_args([a for a in args if a not in _MULTIRUN_FLAGS])
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        config = compose(fixed, config_dir, config_name, return_hydra_config=True)
+    except Exception as err:
+        return _one_line(err)
+    task_arguments = [o.input_line for o in parsed if not o.key_or_group.startswith("hydra")]
+    try:
+        settings = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
+        with open_dict(config):
+            del config["hydra"]
+        build(config)
+        make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)
+        plan = plan_sweep(settings, task_arguments)
+        storage = open_storage(plan.storage_url, plan.heartbeat_interval, plan.grace_period, plan.max_retry)
+        open_study_if_exists(storage, plan.study_name, plan.directions)
+    except ConfigError as err:
+        return str(err)
+    return None
+
+
+def sweep_command(args: Sequence[str]) -> int:
+    error = _validate_sweep_line(args)
+    if error is not None:
+        return _fail(error)
+    return run_command(["--multirun", *args], validated=True)
+
+
+def ui_command(args: Sequence[str]) -> int:
+    """``mlflow ui`` on the tracking store clipsweep writes to, bound to 127.0.0.1."""
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(prog="clipsweep ui", description=ui_command.__doc__)
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--tracking-uri", default=None, help="default: tracking.uri of the composed config")
+    options = parser.parse_args(list(args))
+    uri = options.tracking_uri or compose([]).tracking.uri
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+               "--host", "127.0.0.1", "--port", str(options.port)]  # fmt: skip
+    print(f"MLflow UI for {uri} at http://127.0.0.1:{options.port}", flush=True)
+    os.execv(sys.executable, command)
+    return 0  # not reached
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"run": run_command, "sweep": sweep_command, "ui": ui_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any, NamedTuple
 
@@ -101,6 +101,7 @@ class Clipper(ABC):
     method: ClipMethod
 
     def __init__(self, norm_type: float = 2.0) -> None:
+        self._constants: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
         self.norm_type = float(norm_type)
         _require(self.norm_type > 0, "norm_type", norm_type, "must be > 0 (inf for the max norm)")
 
@@ -127,11 +128,10 @@ class Clipper(ABC):
 
     def _constant(self, like: Tensor, value: float) -> Tensor:
         """A cached 0-dim tensor: allocating one every step would cost as much as clipping."""
-        cache = self.__dict__.setdefault("_constants", {})
         key = (value, like.dtype, like.device)
-        if key not in cache:
-            cache[key] = torch.full((), value, dtype=like.dtype, device=like.device)
-        return cache[key]
+        if key not in self._constants:
+            self._constants[key] = torch.full((), value, dtype=like.dtype, device=like.device)
+        return self._constants[key]
 
 
 class NoClip(Clipper):
@@ -319,8 +319,3 @@ def make_clipper(config: Mapping[str, Any]) -> Clipper:
         raise err.under("clip") from None
     except TypeError as err:
         raise ConfigError("clip", sorted(options), f"keys of clip method {method.value!r}: {err}") from None
-
-
-def iter_parameters(model: torch.nn.Module) -> Iterable[Tensor]:
-    """Trainable parameters in registration order, the order clipping and telemetry both use."""
-    return (p for p in model.parameters() if p.requires_grad)

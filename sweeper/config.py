@@ -171,6 +171,172 @@ class Config:
     tracking: TrackingConf = field(default_factory=TrackingConf)
 
 
+@dataclass
+class TPESamplerConf:
+    _target_: str = "optuna.samplers.TPESampler"
+    seed: int | None = None
+    n_startup_trials: int = 10
+    multivariate: bool = False
+    group: bool = False
+    constant_liar: bool = False
+
+
+@dataclass
+class RandomSamplerConf:
+    _target_: str = "optuna.samplers.RandomSampler"
+    seed: int | None = None
+
+
+@dataclass
+class GridSamplerConf:
+    """The grid comes from the search space (choice/range parameters only)."""
+
+    _target_: str = "optuna.samplers.GridSampler"
+    seed: int | None = None
+
+
+@dataclass
+class CmaEsSamplerConf:
+    """Needs the ``cmaes`` package."""
+
+    _target_: str = "optuna.samplers.CmaEsSampler"
+    seed: int | None = None
+    n_startup_trials: int = 1
+    sigma0: float | None = None
+
+
+@dataclass
+class QMCSamplerConf:
+    _target_: str = "optuna.samplers.QMCSampler"
+    seed: int | None = None
+    qmc_type: str = "sobol"
+    scramble: bool = True
+
+
+@dataclass
+class GPSamplerConf:
+    _target_: str = "optuna.samplers.GPSampler"
+    seed: int | None = None
+    n_startup_trials: int = 10
+
+
+@dataclass
+class NSGAIISamplerConf:
+    _target_: str = "optuna.samplers.NSGAIISampler"
+    seed: int | None = None
+    population_size: int = 50
+
+
+@dataclass
+class NopPrunerConf:
+    _target_: str = "optuna.pruners.NopPruner"
+
+
+@dataclass
+class MedianPrunerConf:
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class PercentilePrunerConf:
+    _target_: str = "optuna.pruners.PercentilePruner"
+    percentile: float = 25.0
+    n_startup_trials: int = 5
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class HyperbandPrunerConf:
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = 100
+    max_resource: Any = "auto"
+    reduction_factor: int = 3
+
+
+@dataclass
+class SuccessiveHalvingPrunerConf:
+    _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
+    min_resource: Any = "auto"
+    reduction_factor: int = 4
+    min_early_stopping_rate: int = 0
+
+
+@dataclass
+class ThresholdPrunerConf:
+    _target_: str = "optuna.pruners.ThresholdPruner"
+    lower: float | None = None
+    upper: float | None = None
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+
+
+@dataclass
+class SweeperConf:
+    """``hydra/sweeper: clipsweep``: the official Optuna sweeper's keys plus what it lacks."""
+
+    _target_: str = "hydra_plugins.clipsweep_sweeper.clipsweep_sweeper.ClipsweepSweeper"
+    _recursive_: bool = False  # sampler/pruner stay configs: the sweeper builds them with the search space
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
+    sampler: Any = MISSING
+    pruner: Any = MISSING
+    direction: Any = "minimize"
+    """``minimize``/``maximize``, or a list of them for a multi-objective study."""
+    objective: Any = "val/loss"
+    """Metric name(s) of the job's result that the study optimises, one per direction."""
+    storage: str | None = "sqlite:///clipsweep.db"
+    """Optuna storage URL (``CLIPSWEEP_STORAGE`` wins); the default is a SQLite file in the working dir."""
+    study_name: str | None = None
+    """None: a new study named clipsweep-<date>-<time>; name it to resume or to share among workers."""
+    n_trials: int = 20
+    """The study's total (finished + running), across invocations and workers."""
+    n_jobs: int = 1
+    """Trials launched together (a batch); parallel with a parallel launcher such as joblib."""
+    max_failure_rate: float = 0.25
+    """The sweep stops once failed trials exceed this fraction of n_trials."""
+    params: dict[str, Any] = field(default_factory=dict)
+    conditional: dict[str, Any] = field(default_factory=dict)
+    custom_search_space: str | None = None
+    """Dotted path to fn(cfg, trial) that suggests more parameters (applied as overrides)."""
+    seed: int | None = None
+    """Sampler seed, unless the sampler config sets its own."""
+    enqueue: list[Any] = field(default_factory=list)
+    """Parameter sets to evaluate first, e.g. [{clip.threshold: 1.0}]; each enqueued once per study."""
+    timeout: float | None = None
+    """Seconds after which no new trial is started."""
+    heartbeat_interval: int = 10
+    grace_period: int = 60
+    """Seconds without a heartbeat after which a RUNNING trial is failed and retried."""
+    max_retry: int = 3
+
+
+SWEEPER_SCHEMAS: dict[str, dict[str, type]] = {
+    "hydra/sweeper": {"clipsweep": SweeperConf},
+    "hydra/sweeper/sampler": {
+        "tpe": TPESamplerConf,
+        "random": RandomSamplerConf,
+        "grid": GridSamplerConf,
+        "cmaes": CmaEsSamplerConf,
+        "qmc": QMCSamplerConf,
+        "gp": GPSamplerConf,
+        "nsgaii": NSGAIISamplerConf,
+    },
+    "hydra/sweeper/pruner": {
+        "none": NopPrunerConf,
+        "median": MedianPrunerConf,
+        "percentile": PercentilePrunerConf,
+        "hyperband": HyperbandPrunerConf,
+        "successive_halving": SuccessiveHalvingPrunerConf,
+        "threshold": ThresholdPrunerConf,
+    },
+}
+
+
 SCHEMAS: dict[str | None, dict[str, type]] = {
     None: {"clipsweep_schema": Config},
     "model": {"rnn": RNNModelConf},
@@ -199,3 +365,6 @@ def register_schemas() -> None:
         for name, node in nodes.items():
             # Under schema/<group> so that they do not show up as choices of the group itself.
             store.store(group=f"schema/{group}" if group else None, name=name, node=node)
+    for group, nodes in SWEEPER_SCHEMAS.items():
+        for name, node in nodes.items():
+            store.store(group=group, name=name, node=node, provider="clipsweep")

@@ -82,6 +82,13 @@ class Tracker(ABC):
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
 
     @abstractmethod
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+
+    @abstractmethod
+    def tag_run(self, run_id: str, tags: Mapping[str, str]) -> None:
+        """Tag another run of the same store (a sweep tags its trials' runs with their final state)."""
+
+    @abstractmethod
     def end_run(self, status: str = "FINISHED") -> None:
         """Flush everything queued and close the run (status FINISHED, FAILED or KILLED)."""
 
@@ -107,6 +114,12 @@ class NullTracker(Tracker):
     def set_tags(self, tags):
         pass
 
+    def log_params(self, params):
+        pass
+
+    def tag_run(self, run_id, tags):
+        pass
+
     def end_run(self, status="FINISHED"):
         pass
 
@@ -119,15 +132,21 @@ class MlflowTracker(Tracker):
     """
 
     def __init__(self, uri: str, experiment: str) -> None:
-        from mlflow.tracking import MlflowClient
-
         self.uri = uri
         self.experiment_name = experiment
-        self.client = MlflowClient(tracking_uri=uri)
+        self._client = None  # created by start_run: a SQLite store is created with its client
         self.experiment_id: str | None = None
         self._jobs: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
 
     def _experiment(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment_name)
@@ -142,13 +161,16 @@ class MlflowTracker(Tracker):
             return found.experiment_id
 
     def start_run(self, run_name, params, tags):
-        from mlflow.entities import Param
-
         self.experiment_id = self._experiment()
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
         self.run_id = run.info.run_id
         self._worker = threading.Thread(target=self._work, name="clipsweep-mlflow", daemon=True)
         self._worker.start()
+        self.log_params(params)
+
+    def log_params(self, params):
+        from mlflow.entities import Param
+
         items = [Param(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in params.items()]
         for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
             self._submit(self.client.log_batch, self.run_id, [], items[i : i + _MAX_PARAMS_PER_BATCH])
@@ -186,8 +208,11 @@ class MlflowTracker(Tracker):
         self._submit(self.client.log_figure, self.run_id, figure, artifact_file)
 
     def set_tags(self, tags):
+        self.tag_run(self.run_id, tags)
+
+    def tag_run(self, run_id, tags):
         for key, value in tags.items():
-            self._submit(self.client.set_tag, self.run_id, key, value)
+            self._submit(self.client.set_tag, run_id, key, str(value))
 
     def end_run(self, status="FINISHED"):
         if self._worker is not None:

@@ -222,8 +222,18 @@ def _mean_finite(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else math.nan
 
 
-def train(setup: Setup, tracker: Tracker, on_eval: EvalCallback | None = None) -> RunResult:
-    """Train ``setup`` to ``train.steps`` (or divergence, or until ``on_eval`` says stop)."""
+def train(
+    setup: Setup,
+    tracker: Tracker,
+    on_eval: EvalCallback | None = None,
+    tags: Mapping[str, str] | None = None,
+    run_name: str | None = None,
+) -> RunResult:
+    """Train ``setup`` to ``train.steps`` (or divergence, or until ``on_eval`` says stop).
+
+    ``tags`` and ``run_name`` add to the tracking run (a sweep names its trials' runs and nests
+    them under its parent run); ``run_name`` falls back to ``tracking.run_name``.
+    """
     config = setup.config
     steps, eval_every = int(config.train.steps), int(config.train.eval_every)
     fail_on_nonfinite = NonFinite(config.train.nonfinite) is NonFinite.fail
@@ -231,9 +241,13 @@ def train(setup: Setup, tracker: Tracker, on_eval: EvalCallback | None = None) -
     trainer = Trainer(setup, telemetry)
     resolved = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
     tracker.start_run(
-        config.tracking.run_name,
+        run_name or config.tracking.run_name,
         params=flatten(resolved),
-        tags={"clipsweep.clip_method": str(resolved["clip"]["method"]), "clipsweep.device": str(setup.device)},
+        tags={
+            "clipsweep.clip_method": str(resolved["clip"]["method"]),
+            "clipsweep.device": str(setup.device),
+            **(tags or {}),
+        },
     )
     tracker.log_text(OmegaConf.to_yaml(config), "config.yaml")
     status, done, train_loss, val, history = "finished", 0, math.nan, {}, []

@@ -1,0 +1,403 @@
+"""The Optuna sweeper behind ``clipsweep sweep`` (Hydra loads it through ``hydra_plugins``).
+
+One invocation: validate everything (search space, sampler, pruner, objective, storage, the stored
+study's direction) before any trial or tracking write; then ask/tell in batches of ``n_jobs``
+through Hydra's launcher until the study holds ``n_trials``; then write the results file and
+finish the MLflow parent run. Jobs report intermediate values to their trial themselves (see
+``sweeper.study.TrialReporter``), so pruning works with process-based launchers too.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import InstantiationException
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import get_method, instantiate
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from sweeper import study as studies
+from sweeper.errors import ConfigError
+from sweeper.search_space import SearchSpace, format_value, parse_search_space
+from sweeper.tracking import Tracker, make_tracker
+
+_DIRECTIONS = ("minimize", "maximize")
+_POLL_SECONDS = 2.0
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        return [value]
+    return list(value)
+
+
+@dataclass
+class SweepPlan:
+    """A validated sweep: everything decided before the study or MLflow is touched."""
+
+    space: SearchSpace
+    directions: list[str]
+    objectives: list[str]
+    sampler: optuna.samplers.BaseSampler
+    pruner: optuna.pruners.BasePruner
+    storage_url: str
+    study_name: str
+    n_trials: int
+    n_jobs: int
+    max_failures: int
+    enqueue: list[dict[str, Any]]
+    custom_search_space: Any
+    timeout: float | None
+    heartbeat_interval: int
+    grace_period: int
+    max_retry: int
+
+
+def _instantiate(key: str, node: Any, **kwargs: Any) -> Any:
+    target = node.get("_target_") if isinstance(node, Mapping) else node
+    try:
+        return instantiate(node, **kwargs)
+    except (InstantiationException, ImportError, TypeError, ValueError) as err:
+        cause = err.__cause__ or err
+        first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        raise ConfigError(key, target, f"a {key.rsplit('.', 1)[-1]} Optuna can build ({first})") from None
+
+
+def plan_sweep(settings: Mapping[str, Any], arguments: Sequence[str]) -> SweepPlan:
+    """Validate ``hydra.sweeper`` and the sweep overrides; raise ConfigError naming the bad key."""
+    space = parse_search_space(settings.get("params"), arguments, settings.get("conditional"))
+    directions = [str(d).lower() for d in _as_list(settings.get("direction", "minimize"))]
+    bad = [d for d in directions if d not in _DIRECTIONS]
+    if not directions or bad:
+        raise ConfigError("hydra.sweeper.direction", settings.get("direction"), f"{_DIRECTIONS} or a list of them")
+    objectives = [str(o) for o in _as_list(settings.get("objective", "val/loss"))]
+    if len(objectives) != len(directions):
+        raise ConfigError("hydra.sweeper.objective", objectives, f"one metric name per direction ({len(directions)})")
+    n_trials, n_jobs = int(settings.get("n_trials", 20)), int(settings.get("n_jobs", 1))
+    if n_trials < 1:
+        raise ConfigError("hydra.sweeper.n_trials", n_trials, "an integer >= 1")
+    if n_jobs < 1:
+        raise ConfigError("hydra.sweeper.n_jobs", n_jobs, "an integer >= 1")
+    rate = float(settings.get("max_failure_rate", 0.25))
+    if not 0.0 <= rate <= 1.0:
+        raise ConfigError("hydra.sweeper.max_failure_rate", rate, "a fraction in [0, 1]")
+    timeout = settings.get("timeout")
+    if timeout is not None and float(timeout) <= 0:
+        raise ConfigError("hydra.sweeper.timeout", timeout, "seconds > 0, or null")
+
+    seed = settings.get("seed")
+    sampler_node = OmegaConf.create(settings.get("sampler") or {"_target_": "optuna.samplers.TPESampler"})
+    if seed is not None and sampler_node.get("seed") is None:
+        sampler_node.seed = int(seed)
+    extra = {"search_space": space.grid()} if str(sampler_node.get("_target_", "")).endswith("GridSampler") else {}
+    sampler = _instantiate("hydra.sweeper.sampler", sampler_node, **extra)
+    pruner_node = OmegaConf.create(settings.get("pruner") or {"_target_": "optuna.pruners.NopPruner"})
+    pruner = _instantiate("hydra.sweeper.pruner", pruner_node)
+
+    custom = settings.get("custom_search_space")
+    custom_fn = None
+    if custom:
+        try:
+            custom_fn = get_method(custom)
+        except Exception:
+            raise ConfigError("hydra.sweeper.custom_search_space", custom, "a dotted path to fn(cfg, trial)") from None
+
+    enqueue = []
+    for i, entry in enumerate(_as_list(settings.get("enqueue"))):
+        if not isinstance(entry, Mapping) or not entry:
+            raise ConfigError(f"hydra.sweeper.enqueue[{i}]", entry, "a mapping of parameter names to values")
+        enqueue.append({str(k): v for k, v in entry.items()})
+
+    storage_url = studies.storage_url(settings.get("storage"))
+    study_name = settings.get("study_name") or f"clipsweep-{datetime.now():%Y%m%d-%H%M%S}"
+    return SweepPlan(
+        space=space,
+        directions=directions,
+        objectives=objectives,
+        sampler=sampler,
+        pruner=pruner,
+        storage_url=storage_url,
+        study_name=str(study_name),
+        n_trials=n_trials,
+        n_jobs=n_jobs,
+        max_failures=math.floor(rate * n_trials),
+        enqueue=enqueue,
+        custom_search_space=custom_fn,
+        timeout=None if timeout is None else float(timeout),
+        heartbeat_interval=int(settings.get("heartbeat_interval", 10)),
+        grace_period=int(settings.get("grace_period", 60)),
+        max_retry=int(settings.get("max_retry", 3)),
+    )
+
+
+def open_planned_study(plan: SweepPlan) -> optuna.Study:
+    storage = studies.open_storage(plan.storage_url, plan.heartbeat_interval, plan.grace_period, plan.max_retry)
+    return studies.open_study(storage, plan.study_name, plan.directions, plan.sampler, plan.pruner)
+
+
+def _value_text(value: Any) -> str:
+    return f"{value:.5g}" if isinstance(value, float) else str(value)
+
+
+class OptunaSweeper(Sweeper):
+    """Hydra Sweeper: Optuna ask/tell over Hydra's launcher, with pruning, budgets and MLflow."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+        self.hydra_context: HydraContext | None = None
+        self.config: DictConfig | None = None
+        self.launcher = None
+        self.job_idx = 0
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_context = hydra_context
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def _settings(self) -> dict[str, Any]:
+        return OmegaConf.to_container(OmegaConf.create(self.settings), resolve=True)  # type: ignore[return-value]
+
+    def sweep(self, arguments: list[str]) -> list[FrozenTrial]:
+        plan = plan_sweep(self._settings(), arguments)
+        study = open_planned_study(plan)
+        for params in plan.enqueue:
+            study.enqueue_trial(params, skip_if_exists=True)
+        tracking = self.config.tracking
+        parent = make_tracker(tracking.uri, tracking.experiment, tracking.enabled)
+        sampler_name = type(plan.sampler).__name__
+        parent.start_run(
+            f"sweep-{plan.study_name}",
+            params={f"search.{p.name}": p.distribution for p in plan.space.parameters}
+            | {f"fixed.{i}": o for i, o in enumerate(plan.space.fixed)},
+            tags={
+                "clipsweep.study": plan.study_name,
+                "clipsweep.storage": studies.mask_url(plan.storage_url),
+                "clipsweep.sampler": sampler_name,
+                "clipsweep.pruner": type(plan.pruner).__name__,
+                "clipsweep.role": "sweep",
+            },
+        )
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        print(
+            f"[clipsweep] study {plan.study_name!r} on {studies.mask_url(plan.storage_url)}: "
+            f"{len(studies.counted_trials(study))}/{plan.n_trials} trials already there; "
+            f"sampler {sampler_name}, pruner {type(plan.pruner).__name__}",
+            flush=True,
+        )
+        status = "FINISHED"
+        try:
+            message = self._loop(plan, study, parent)
+        except BaseException as err:
+            status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+            raise
+        finally:
+            summary = self._finish(plan, study, parent, sweep_dir)
+            parent.end_run(status)
+        if message:
+            print(f"[clipsweep] {message}", flush=True)
+        print(summary, flush=True)
+        if parent.run_id:
+            print(
+                f"[clipsweep] MLflow: clipsweep ui --tracking-uri {tracking.uri}, then open "
+                f"http://127.0.0.1:5000/#/experiments/{getattr(parent, 'experiment_id', '')}/runs/{parent.run_id}",
+                flush=True,
+            )
+        return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+
+    def _loop(self, plan: SweepPlan, study: optuna.Study, parent: Tracker) -> str | None:
+        started = time.monotonic()
+        own: set[int] = set()
+        with studies.Heartbeat(study._storage, plan.heartbeat_interval) as heartbeat:
+            while True:
+                studies.fail_stale(study)
+                failures = len(studies.failed_trials(study))
+                if failures > plan.max_failures:
+                    return (
+                        f"stopped: {failures} failed trials exceed max_failure_rate "
+                        f"({plan.max_failures} of n_trials={plan.n_trials}); see the trials' "
+                        f"'{studies.FAIL_REASON_ATTR}' user attribute"
+                    )
+                if plan.timeout is not None and time.monotonic() - started > plan.timeout:
+                    return f"stopped: timeout of {plan.timeout:g} s reached"
+                batch: list[tuple[Trial, list[str]]] = []
+                for _ in range(plan.n_jobs):
+                    trial = studies.ask_within_budget(study, plan.n_trials)
+                    if trial is None:
+                        break
+                    overrides = self._trial_overrides(plan, study, trial, parent)
+                    if overrides is not None:
+                        batch.append((trial, overrides))
+                        own.add(trial._trial_id)
+                        heartbeat.add(trial._trial_id)
+                if not batch:
+                    if studies.foreign_running(study, own) or self._retry_waiting(study):
+                        time.sleep(_POLL_SECONDS)  # another worker's trial may still fail and come back
+                        continue
+                    return None
+                returns = self.launcher.launch([o for _, o in batch], initial_job_idx=self.job_idx)
+                self.job_idx += len(batch)
+                for (trial, _), job in zip(batch, returns):
+                    self._tell(plan, study, trial, job, parent)
+                    heartbeat.discard(trial._trial_id)
+                print(self._progress(plan, study), flush=True)
+
+    @staticmethod
+    def _retry_waiting(study: optuna.Study) -> bool:
+        return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+    def _trial_overrides(self, plan: SweepPlan, study: optuna.Study, trial: Trial, parent: Tracker) -> list[str] | None:
+        """The trial's overrides, or None when they do not compose (the trial is failed instead)."""
+        try:
+            plan.space.suggest(trial)
+            if plan.custom_search_space is not None:
+                plan.custom_search_space(self.config, trial)
+            overrides = plan.space.overrides(trial.params)
+            env = {
+                studies.TRIAL_ID_ENV: trial._trial_id,
+                studies.TRIAL_NUMBER_ENV: trial.number,
+                studies.STUDY_ENV: plan.study_name,
+            }
+            if parent.run_id:
+                env[studies.PARENT_RUN_ENV] = parent.run_id
+            overrides += [f"++hydra.job.env_set.{k}={format_value(str(v))}" for k, v in env.items()]
+            self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            return overrides
+        except Exception as err:  # a sampled value the config rejects: a failed trial, not a dead sweep
+            self._fail(study, trial, f"config did not compose: {err}".splitlines()[0])
+            return None
+
+    @staticmethod
+    def _fail(study: optuna.Study, trial: Trial, reason: str) -> None:
+        trial.set_user_attr(studies.FAIL_REASON_ATTR, reason[:1000])
+        study.tell(trial, state=TrialState.FAIL)
+
+    def _tell(self, plan: SweepPlan, study: optuna.Study, trial: Trial, job: JobReturn, parent: Tracker) -> None:
+        if job.status != JobStatus.COMPLETED:
+            error = job._return_value
+            self._fail(study, trial, f"{type(error).__name__}: {error}")
+            return
+        result = job.return_value if isinstance(job.return_value, Mapping) else {}
+        run_id = result.get("mlflow_run_id")
+        status = result.get("status", "finished")
+        trial.set_user_attr(studies.STATUS_ATTR, status)
+        if status in ("stopped", "diverged"):
+            # Divergence is the threshold's fault, not the system's: pruned, so it neither spends
+            # the failure budget nor enters the study as a number.
+            study.tell(trial, state=TrialState.PRUNED)
+            state = "PRUNED"
+        else:
+            metrics = result.get("metrics", {})
+            values = [metrics.get(name) for name in plan.objectives]
+            bad = [n for n, v in zip(plan.objectives, values) if v is None or not math.isfinite(v)]
+            if bad:
+                have = sorted(metrics)
+                self._fail(study, trial, f"objective {bad[0]!r} missing or not finite (job returned {have})")
+                state = "FAIL"
+            else:
+                study.tell(trial, values)
+                state = "COMPLETE"
+        if run_id:
+            parent.tag_run(run_id, {"clipsweep.trial_state": state})
+
+    def _progress(self, plan: SweepPlan, study: optuna.Study) -> str:
+        trials = study.get_trials(deepcopy=False)
+        by_state = {s: sum(t.state == s for t in trials) for s in TrialState}
+        done = by_state[TrialState.COMPLETE] + by_state[TrialState.PRUNED]
+        best = ""
+        if len(plan.directions) == 1 and by_state[TrialState.COMPLETE]:
+            best = f" | best {study.best_value:.5g} (trial {study.best_trial.number})"
+        return (
+            f"[clipsweep] trials {done}/{plan.n_trials} done, {by_state[TrialState.RUNNING]} running | "
+            f"pruned {by_state[TrialState.PRUNED]} | failed {len(studies.failed_trials(study))}{best}"
+        )
+
+    def _best_config(self, overrides: Sequence[str]) -> dict[str, Any]:
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        container = OmegaConf.to_container(config, resolve=False, enum_to_str=True)
+        container.pop("hydra", None)
+        return container
+
+    def _finish(self, plan: SweepPlan, study: optuna.Study, parent: Tracker, sweep_dir: Path) -> str:
+        completed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        results: dict[str, Any] = {
+            "name": "optuna",
+            "study_name": plan.study_name,
+            "storage": studies.mask_url(plan.storage_url),
+            "n_trials": plan.n_trials,
+        }
+        if not completed:
+            OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+            return (
+                "[clipsweep] no completed trial yet: nothing to recommend. Look at the failed trials' "
+                f"'{studies.FAIL_REASON_ATTR}' and the pruned ones' '{studies.STATUS_ATTR}' user attributes."
+            )
+        if len(plan.directions) == 1:
+            best = study.best_trial
+            results |= {
+                "best_params": dict(best.params),
+                "best_value": best.value,
+                "best_trial_number": best.number,
+                "best_config": self._best_config(plan.space.overrides(best.params)),
+            }
+            parent.log_metrics([("best/value", float(best.value), best.number)])
+            parent.log_params({f"best.{k}": v for k, v in best.params.items()})
+            parent.set_tags({"clipsweep.best_trial_number": str(best.number)})
+            self._log_plots(study, parent)
+        else:
+            results["solutions"] = [
+                {"number": t.number, "params": dict(t.params), "values": list(t.values)} for t in study.best_trials
+            ]
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+        return self._table(plan, study) + f"\n[clipsweep] results: {sweep_dir / 'optimization_results.yaml'}"
+
+    @staticmethod
+    def _log_plots(study: optuna.Study, parent: Tracker) -> None:
+        import warnings
+
+        from optuna.visualization import matplotlib as plots
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for name, draw in (
+                ("optimization_history", plots.plot_optimization_history),
+                ("param_importances", plots.plot_param_importances),
+                ("slice", plots.plot_slice),
+            ):
+                try:
+                    axes = draw(study)
+                except Exception:  # e.g. importances need two parameters and several trials
+                    continue
+                first = axes.flat[0] if hasattr(axes, "flat") else axes
+                parent.log_figure(first.figure, f"plots/{name}.png")
+
+    @staticmethod
+    def _table(plan: SweepPlan, study: optuna.Study, top: int = 5) -> str:
+        completed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+        if len(plan.directions) == 1:
+            reverse = plan.directions[0] == "maximize"
+            completed.sort(key=lambda t: t.value, reverse=reverse)
+        names = sorted({k for t in completed for k in t.params})
+        header = ["trial", *plan.objectives, *names]
+        rows = [
+            [str(t.number), *map(_value_text, t.values), *(_value_text(t.params.get(n, "-")) for n in names)]
+            for t in completed[:top]
+        ]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in [header, *rows]]
+        return f"[clipsweep] top {len(rows)} of {len(completed)} completed trials:\n" + "\n".join(lines)

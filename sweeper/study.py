@@ -1,0 +1,261 @@
+"""Optuna study plumbing: storages, the study-wide trial budget, heartbeats, and the job's trial.
+
+``n_trials`` is the study's total, not a per-invocation count: trials that are COMPLETE, PRUNED,
+RUNNING or WAITING count towards it, so a re-run resumes and stops at the target and several
+workers on one storage stop at it together. Failed trials do not count (they are retried), but
+each failure the sweep itself recorded spends the failure budget (``max_failure_rate``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from sweeper.errors import ConfigError
+
+COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+SURPLUS_ATTR = "clipsweep.surplus"
+"""Set on a trial asked beyond ``n_trials`` by a racing worker; it is failed at once, never run."""
+FAIL_REASON_ATTR = "clipsweep.fail_reason"
+"""Set on trials the sweep failed (exception, NaN, missing metric): they spend the failure budget."""
+STATUS_ATTR = "clipsweep.status"
+RUN_ID_ATTR = "mlflow_run_id"
+
+STORAGE_ENV = "CLIPSWEEP_STORAGE"
+TRIAL_ID_ENV = "CLIPSWEEP_TRIAL_ID"
+TRIAL_NUMBER_ENV = "CLIPSWEEP_TRIAL_NUMBER"
+STUDY_ENV = "CLIPSWEEP_STUDY"
+PARENT_RUN_ENV = "CLIPSWEEP_PARENT_RUN_ID"
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, for every message and log line."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not an SQLAlchemy URL: mask anything between ':' and '@' after '//'
+        head, sep, tail = url.partition("//")
+        if sep and "@" in tail:
+            credentials, _, host = tail.rpartition("@")
+            if ":" in credentials:
+                credentials = credentials.split(":", 1)[0] + ":***"
+            return f"{head}//{credentials}@{host}"
+        return url
+
+
+def storage_url(configured: str | None) -> str:
+    """``CLIPSWEEP_STORAGE`` when set (credentials stay out of config files), else the config's."""
+    url = os.environ.get(STORAGE_ENV) or configured
+    if not url:
+        raise ConfigError("hydra.sweeper.storage", configured, f"a storage URL (or set {STORAGE_ENV})")
+    return url
+
+
+def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 60, max_retry: int = 3) -> BaseStorage:
+    """An RDB storage with heartbeats, whose stale trials are failed and re-enqueued (max_retry)."""
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Several processes write one SQLite file (sweeper, jobs reporting intermediate values).
+        engine_kwargs["connect_args"] = {"timeout": 60}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            # Optuna 4.9 renamed the stale-trial retry hook; older releases only have the old name.
+            if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
+                retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry)}
+            else:
+                retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry)}
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                **retry,
+            )
+    except Exception as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(
+            "hydra.sweeper.storage", mask_url(url), f"a database URL Optuna can open ({mask_url(reason)})"
+        ) from None
+
+
+def open_study(
+    storage: BaseStorage,
+    study_name: str,
+    directions: Sequence[str],
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    """Create the study or load it; a stored study with other directions is refused."""
+    open_study_if_exists(storage, study_name, directions)
+    return optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        directions=list(directions),
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+
+
+def open_study_if_exists(storage: BaseStorage, study_name: str, directions: Sequence[str]) -> optuna.Study | None:
+    """Load a stored study without creating one; refuse it when its directions differ."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return None
+    stored = [d.name.lower() for d in study.directions]
+    if stored != [d.lower() for d in directions]:
+        raise ConfigError(
+            "hydra.sweeper.direction", list(directions), f"the stored study {study_name!r}'s direction {stored}"
+        )
+    return study
+
+
+def _counts(trial: FrozenTrial) -> bool:
+    return trial.state in COUNTED_STATES and not trial.user_attrs.get(SURPLUS_ATTR)
+
+
+def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False) if _counts(t)]
+
+
+def failed_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Failures that spend the budget: those the sweep recorded, not stale or surplus ones."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if FAIL_REASON_ATTR in t.user_attrs]
+
+
+def ask_within_budget(study: optuna.Study, n_trials: int) -> Trial | None:
+    """Ask a trial if the study has fewer than ``n_trials``; None when it is full.
+
+    Counting and asking are two storage calls, so two workers can both see n-1 trials and both
+    ask. The check after the ask settles it by trial number: a trial whose number is beyond the
+    n_trials-th counted one is marked surplus and failed before it runs.
+    """
+    if len(counted_trials(study)) >= n_trials:
+        return None
+    with warnings.catch_warnings():
+        # Optuna warns that heartbeats belong to study.optimize; this ask/tell loop beats itself.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        trial = study.ask()
+    ahead = [t for t in counted_trials(study) if t.number <= trial.number]
+    if len(ahead) > n_trials:
+        trial.set_user_attr(SURPLUS_ATTR, True)
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    return trial
+
+
+def foreign_running(study: optuna.Study, own: set[int]) -> list[FrozenTrial]:
+    """RUNNING trials that another worker (alive, or dead and not yet stale) holds."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t._trial_id not in own]
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail trials whose worker stopped beating; the storage's callback re-enqueues them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+class Heartbeat:
+    """Records a heartbeat for this worker's running trials every ``interval`` seconds.
+
+    Optuna drives heartbeats only inside ``study.optimize``; an ask/tell loop has to beat itself.
+    """
+
+    def __init__(self, storage: BaseStorage, interval: float) -> None:
+        self.storage = storage
+        self.interval = interval
+        self.trial_ids: set[int] = set()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._beat, name="clipsweep-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def add(self, trial_id: int) -> None:
+        with self._lock:
+            self.trial_ids.add(trial_id)
+        self.storage.record_heartbeat(trial_id)
+
+    def discard(self, trial_id: int) -> None:
+        with self._lock:
+            self.trial_ids.discard(trial_id)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                ids = list(self.trial_ids)
+            for trial_id in ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception:  # a database hiccup: the next beat retries
+                    pass
+
+
+class TrialReporter:
+    """The job's side of a trial: report intermediate values and ask the pruner, in any process.
+
+    The sweeper passes the trial's identity through environment variables (set per job with
+    ``hydra.job.env_set``), and the storage URL comes from the job's own ``hydra.sweeper`` config,
+    so no credential travels on a command line.
+    """
+
+    def __init__(self, study: optuna.Study, trial_id: int, number: int, objective: str, parent_run_id: str | None):
+        self.study = study
+        self.trial = Trial(study, trial_id)
+        self.number = number
+        self.objective = objective
+        self.parent_run_id = parent_run_id
+        self._reports = len(study.directions) == 1  # Optuna cannot prune multi-objective trials
+
+    @classmethod
+    def from_environment(cls, sweeper_config: Mapping[str, Any] | None) -> TrialReporter | None:
+        trial_id = os.environ.get(TRIAL_ID_ENV)
+        if trial_id is None or sweeper_config is None:
+            return None
+        storage = open_storage(
+            storage_url(sweeper_config.get("storage")),
+            int(sweeper_config.get("heartbeat_interval", 10)),
+            int(sweeper_config.get("grace_period", 60)),
+        )
+        study = optuna.load_study(study_name=os.environ[STUDY_ENV], storage=storage)
+        objective = sweeper_config.get("objective", "val/loss")
+        first = objective[0] if isinstance(objective, Sequence) and not isinstance(objective, str) else objective
+        return cls(study, int(trial_id), int(os.environ[TRIAL_NUMBER_ENV]), str(first), os.environ.get(PARENT_RUN_ENV))
+
+    def run_tags(self) -> dict[str, str]:
+        tags = {"clipsweep.trial_number": str(self.number), "clipsweep.study": self.study.study_name}
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
+        return tags
+
+    def record_run_id(self, run_id: str | None) -> None:
+        if run_id:
+            self.trial.set_user_attr(RUN_ID_ATTR, run_id)
+
+    def on_eval(self, step: int, metrics: Mapping[str, float]) -> bool:
+        """Report the objective at ``step``; True when the pruner says stop."""
+        value = metrics.get(self.objective)
+        if not self._reports or value is None or value != value:  # NaN is divergence, not a value
+            return False
+        self.trial.report(float(value), step)
+        return self.trial.should_prune()
