@@ -166,9 +166,13 @@ def run_job(config: DictConfig) -> dict[str, Any]:
         result = train(setup, tracker)
     else:
         result = train(
-            setup, tracker, on_eval=reporter.on_eval, tags=reporter.run_tags(), run_name=f"trial-{reporter.number}"
+            setup,
+            tracker,
+            on_eval=reporter.on_eval,
+            tags=reporter.run_tags(),
+            run_name=f"trial-{reporter.number}",
+            on_start=reporter.record_run_id,
         )
-        reporter.record_run_id(tracker.run_id)
     print(_format_summary(result), flush=True)
     if tracker.run_id is not None and reporter is None:
         print(f"browse it: clipsweep ui tracking.uri={config.tracking.uri}", flush=True)
@@ -198,7 +202,11 @@ def run_command(args: Sequence[str], validated: bool = False) -> int:
     _register_sweeper()
     entry = hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")(run_job)
     saved = sys.argv
-    sys.argv = ["clipsweep run", *args]
+    # argparse cannot take Hydra's flags after the first override: put them (and values) first.
+    overrides, config_dir, config_name = _split_hydra_args(args)
+    flags = [a for a in overrides if a.startswith("-")]
+    located = [*(["--config-dir", config_dir] if config_dir else []), "--config-name", config_name]
+    sys.argv = ["clipsweep run", *flags, *located, *(a for a in overrides if not a.startswith("-"))]
     try:
         entry()
     finally:

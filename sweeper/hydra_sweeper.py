@@ -285,7 +285,7 @@ class OptunaSweeper(Sweeper):
     @staticmethod
     def _fail(study: optuna.Study, trial: Trial, reason: str) -> None:
         trial.set_user_attr(studies.FAIL_REASON_ATTR, reason[:1000])
-        study.tell(trial, state=TrialState.FAIL)
+        studies.tell(study, trial, state=TrialState.FAIL)
 
     def _tell(self, plan: SweepPlan, study: optuna.Study, trial: Trial, job: JobReturn, parent: Tracker) -> None:
         if job.status != JobStatus.COMPLETED:
@@ -299,7 +299,7 @@ class OptunaSweeper(Sweeper):
         if status in ("stopped", "diverged"):
             # Divergence is the threshold's fault, not the system's: pruned, so it neither spends
             # the failure budget nor enters the study as a number.
-            study.tell(trial, state=TrialState.PRUNED)
+            studies.tell(study, trial, state=TrialState.PRUNED)
             state = "PRUNED"
         else:
             metrics = result.get("metrics", {})
@@ -310,7 +310,7 @@ class OptunaSweeper(Sweeper):
                 self._fail(study, trial, f"objective {bad[0]!r} missing or not finite (job returned {have})")
                 state = "FAIL"
             else:
-                study.tell(trial, values)
+                studies.tell(study, trial, values)
                 state = "COMPLETE"
         if run_id:
             parent.tag_run(run_id, {"clipsweep.trial_state": state})

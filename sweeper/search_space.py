@@ -167,7 +167,8 @@ def _parse(key: str, text: str) -> Override:
         return OverridesParser.create().parse_overrides([text])[0]
     except Exception as err:  # Hydra's grammar errors carry the position of the problem
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(key, text, f"Hydra's override grammar ({first})") from None
+        value = text if key == text else text.partition("=")[2]
+        raise ConfigError(key, value, f"Hydra's override grammar ({first})") from None
 
 
 def parse_search_space(

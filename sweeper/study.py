@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import optuna
+from hydra.utils import instantiate
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
@@ -29,6 +31,7 @@ FAIL_REASON_ATTR = "clipsweep.fail_reason"
 STATUS_ATTR = "clipsweep.status"
 RUN_ID_ATTR = "mlflow_run_id"
 
+_OPEN_ATTEMPTS = 4
 STORAGE_ENV = "CLIPSWEEP_STORAGE"
 TRIAL_ID_ENV = "CLIPSWEEP_TRIAL_ID"
 TRIAL_NUMBER_ENV = "CLIPSWEEP_TRIAL_NUMBER"
@@ -68,26 +71,36 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 60,
         engine_kwargs["connect_args"] = {"timeout": 60}
     else:
         engine_kwargs["pool_pre_ping"] = True
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            # Optuna 4.9 renamed the stale-trial retry hook; older releases only have the old name.
-            if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
-                retry = {"heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry)}
-            else:
-                retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry)}
-            return RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                **retry,
-            )
-    except Exception as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(
-            "hydra.sweeper.storage", mask_url(url), f"a database URL Optuna can open ({mask_url(reason)})"
-        ) from None
+    error: Exception | None = None
+    # Workers started together race to create the schema; a few short retries settle it.
+    for attempt in range(_OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                # Optuna 4.9 renamed the stale-trial retry hook; older releases only have the old name.
+                if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
+                    retry = {
+                        "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry)
+                    }
+                else:
+                    retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry)}
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    **retry,
+                )
+        except (ValueError, ImportError) as err:  # a malformed URL or a missing driver: retrying cannot help
+            error = err
+            break
+        except Exception as err:
+            error = err
+            time.sleep(0.2 * 2**attempt)
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    raise ConfigError(
+        "hydra.sweeper.storage", mask_url(url), f"a database URL Optuna can open ({mask_url(reason)})"
+    ) from None
 
 
 def open_study(
@@ -123,6 +136,22 @@ def open_study_if_exists(storage: BaseStorage, study_name: str, directions: Sequ
     return study
 
 
+def tell(
+    study: optuna.Study, trial: Trial, values: Sequence[float] | None = None, state: TrialState | None = None
+) -> None:
+    """``study.tell`` outside ``study.optimize``.
+
+    GridSampler calls ``study.stop()`` once its grid is used up, which raises outside optimize;
+    the trial's state is stored before that (Optuna writes it in a ``finally``), and the sweep's
+    own budget ends the sweep, so that one error is dropped.
+    """
+    try:
+        study.tell(trial, values, state=state)
+    except RuntimeError as err:
+        if "Study.stop" not in str(err):
+            raise
+
+
 def _counts(trial: FrozenTrial) -> bool:
     return trial.state in COUNTED_STATES and not trial.user_attrs.get(SURPLUS_ATTR)
 
@@ -143,8 +172,9 @@ def ask_within_budget(study: optuna.Study, n_trials: int) -> Trial | None:
     ask. The check after the ask settles it by trial number: a trial whose number is beyond the
     n_trials-th counted one is marked surplus and failed before it runs.
     """
-    if len(counted_trials(study)) >= n_trials:
-        return None
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if not waiting and len(counted_trials(study)) >= n_trials:
+        return None  # enqueued (WAITING) trials count, and asking pops them
     with warnings.catch_warnings():
         # Optuna warns that heartbeats belong to study.optimize; this ask/tell loop beats itself.
         warnings.filterwarnings("ignore", message="Heartbeat of storage")
@@ -152,7 +182,7 @@ def ask_within_budget(study: optuna.Study, n_trials: int) -> Trial | None:
     ahead = [t for t in counted_trials(study) if t.number <= trial.number]
     if len(ahead) > n_trials:
         trial.set_user_attr(SURPLUS_ATTR, True)
-        study.tell(trial, state=TrialState.FAIL)
+        tell(study, trial, state=TrialState.FAIL)
         return None
     return trial
 
@@ -237,7 +267,10 @@ class TrialReporter:
             int(sweeper_config.get("heartbeat_interval", 10)),
             int(sweeper_config.get("grace_period", 60)),
         )
-        study = optuna.load_study(study_name=os.environ[STUDY_ENV], storage=storage)
+        # The pruner decides in this process, so it is built from the same sweeper config.
+        pruner_config = sweeper_config.get("pruner") or {"_target_": "optuna.pruners.NopPruner"}
+        pruner = instantiate(pruner_config)
+        study = optuna.load_study(study_name=os.environ[STUDY_ENV], storage=storage, pruner=pruner)
         objective = sweeper_config.get("objective", "val/loss")
         first = objective[0] if isinstance(objective, Sequence) and not isinstance(objective, str) else objective
         return cls(study, int(trial_id), int(os.environ[TRIAL_NUMBER_ENV]), str(first), os.environ.get(PARENT_RUN_ENV))

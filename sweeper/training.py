@@ -228,11 +228,13 @@ def train(
     on_eval: EvalCallback | None = None,
     tags: Mapping[str, str] | None = None,
     run_name: str | None = None,
+    on_start: Callable[[str | None], None] | None = None,
 ) -> RunResult:
     """Train ``setup`` to ``train.steps`` (or divergence, or until ``on_eval`` says stop).
 
     ``tags`` and ``run_name`` add to the tracking run (a sweep names its trials' runs and nests
-    them under its parent run); ``run_name`` falls back to ``tracking.run_name``.
+    them under its parent run); ``run_name`` falls back to ``tracking.run_name``. ``on_start``
+    receives the tracking run id as soon as the run exists, so a crash later can still be traced.
     """
     config = setup.config
     steps, eval_every = int(config.train.steps), int(config.train.eval_every)
@@ -249,6 +251,8 @@ def train(
             **(tags or {}),
         },
     )
+    if on_start is not None:
+        on_start(tracker.run_id)
     tracker.log_text(OmegaConf.to_yaml(config), "config.yaml")
     status, done, train_loss, val, history = "finished", 0, math.nan, {}, []
     last_threshold = math.nan

@@ -133,14 +133,6 @@ def test_cli_diverged_run_exits_0_and_is_recorded(tmp_path: Path) -> None:
     assert run.data.metrics["grad/nonfinite_steps"] > 0
 
 
-def test_cli_multirun_spelling_runs_each_job(tmp_path: Path) -> None:
-    done = _clipsweep(tmp_path, "run", "--multirun", "clip.threshold=0.5,2.0", *FAST, "train.steps=10")
-    assert done.returncode == 0, done.stderr
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("clipsweep").experiment_id])
-    assert sorted(r.data.params["clip.threshold"] for r in runs) == ["0.5", "2.0"]
-
-
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

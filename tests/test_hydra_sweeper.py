@@ -1,0 +1,271 @@
+"""Real sweeps: a SQLite Optuna storage, a local MLflow store, the real conf/, the CLI as users run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from sweeper.cli import main
+
+TINY = (
+    "model.hidden_size=8", "task.seq_len=10", "task.val_size=32", "train.batch_size=8",
+    "train.steps=20", "train.eval_every=5", "tracking.log_every=10",
+)  # fmt: skip
+
+FAULTY_MODEL = """
+import torch
+from models import RNNModel
+
+
+class FaultyModel(RNNModel):
+    '''An RNNModel that fails on purpose: mode raise (an exception), nans (NaN outputs).'''
+
+    def __init__(self, mode="ok", **kwargs):
+        super().__init__(**kwargs)
+        self.mode = mode
+
+    def forward(self, x):
+        if self.mode == "raise":
+            raise RuntimeError("boom from the model")
+        out = super().forward(x)
+        return out * float("nan") if self.mode == "nans" else out
+"""
+
+
+def _sweep(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeper", "sweep", *TINY, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def _study(cwd: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd / 'clipsweep.db'}")
+
+
+def _mlflow(cwd: Path) -> tuple[MlflowClient, list]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("clipsweep")
+    return client, client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def _faulty_setup(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "faulty_model.py").write_text(FAULTY_MODEL)
+    (tmp_path / "mine" / "model").mkdir(parents=True)
+    (tmp_path / "mine" / "model" / "faulty.yaml").write_text(
+        "_target_: faulty_model.FaultyModel\nmode: ok\ncell: lstm\nhidden_size: 8\n"
+    )
+    return {"PYTHONPATH": str(tmp_path)}
+
+
+def test_sweep_records_study_parent_and_child_runs_and_results(tmp_path: Path) -> None:
+    done = _sweep(tmp_path, "hydra.sweeper.n_trials=4", "hydra.sweeper.study_name=s1", "hydra.sweeper.seed=1")
+    assert "[clipsweep] trials 4/4 done" in done.stdout and "top 4 of 4 completed trials" in done.stdout
+
+    study = _study(tmp_path, "s1")
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert all(set(t.params) == {"clip.threshold", "optim.lr"} for t in trials)
+    assert all(0.01 <= t.params["clip.threshold"] <= 10 for t in trials)
+
+    client, runs = _mlflow(tmp_path)
+    parents = [r for r in runs if r.data.tags.get("clipsweep.role") == "sweep"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.tags["clipsweep.study"] == "s1"
+    assert parent.data.tags["clipsweep.sampler"] == "TPESampler"
+    assert parent.data.tags["clipsweep.pruner"] == "MedianPruner"
+    assert "search.clip.threshold" in parent.data.params
+    assert parent.data.metrics["best/value"] == pytest.approx(study.best_value)
+    assert parent.data.tags["clipsweep.best_trial_number"] == str(study.best_trial.number)
+    assert float(parent.data.params["best.clip.threshold"]) == pytest.approx(study.best_params["clip.threshold"])
+    assert "plots" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "plots/optimization_history.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+
+    children = {r.info.run_id: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert len(children) == 4
+    for trial in trials:
+        child = children[trial.user_attrs["mlflow_run_id"]]
+        assert child.info.run_name == f"trial-{trial.number}"
+        assert child.data.tags["clipsweep.trial_number"] == str(trial.number)
+        assert child.data.tags["clipsweep.trial_state"] == "COMPLETE"
+        assert child.data.params["train.steps"] == "20"  # fixed overrides reach every trial
+        assert float(child.data.params["clip.threshold"]) == pytest.approx(trial.params["clip.threshold"])
+        assert child.data.metrics["val/loss"] == pytest.approx(trial.value)
+        assert sorted(trial.intermediate_values) == [5, 10, 15, 20]
+
+    results_file = next(tmp_path.glob("multirun/*/*/optimization_results.yaml"))
+    results = yaml.safe_load(results_file.read_text())
+    assert results["study_name"] == "s1" and results["best_trial_number"] == study.best_trial.number
+    assert results["best_value"] == pytest.approx(study.best_value)
+    assert results["best_config"]["clip"]["threshold"] == pytest.approx(study.best_params["clip.threshold"])
+    assert results["best_config"]["train"]["steps"] == 20
+
+
+def test_sweep_resume_reaches_exactly_n_trials(tmp_path: Path) -> None:
+    common = ("hydra.sweeper.study_name=resume", "tracking.enabled=false", "search=threshold")
+    _sweep(tmp_path, "hydra.sweeper.n_trials=2", *common)
+    done = _sweep(tmp_path, "hydra.sweeper.n_trials=5", *common)
+    assert "2/5 trials already there" in done.stdout
+    _sweep(tmp_path, "hydra.sweeper.n_trials=5", *common)  # already full: runs nothing
+    trials = _study(tmp_path, "resume").get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_sweep_prunes_hopeless_trials_from_their_intermediate_values(tmp_path: Path) -> None:
+    args = (
+        "hydra.sweeper.study_name=prune", "search=threshold", "optim.lr=choice(0.05,0.00001)",
+        "hydra.sweeper.n_trials=2", "clip.threshold=choice(1.0)", "hydra.sweeper.pruner.n_startup_trials=1",
+        "hydra.sweeper.enqueue=[{optim.lr:0.05},{optim.lr:0.00001}]",
+    )  # fmt: skip
+    _sweep(tmp_path, *args)
+    trials = _study(tmp_path, "prune").get_trials()
+    assert [t.params["optim.lr"] for t in trials] == [0.05, 0.00001]
+    assert trials[0].state == TrialState.COMPLETE
+    pruned = trials[1]
+    assert pruned.state == TrialState.PRUNED
+    assert pruned.intermediate_values and max(pruned.intermediate_values) < 20
+    assert pruned.user_attrs["clipsweep.status"] == "stopped"
+    client, _ = _mlflow(tmp_path)
+    run = client.get_run(pruned.user_attrs["mlflow_run_id"])
+    assert run.data.tags["clipsweep.trial_state"] == "PRUNED"
+    assert run.data.tags["clipsweep.status"] == "stopped"
+
+
+def test_sweep_survives_raising_nan_and_diverging_trials(tmp_path: Path) -> None:
+    env = _faulty_setup(tmp_path)
+    done = _sweep(
+        tmp_path, "--config-dir", "mine", "model=faulty", "hydra.sweeper.study_name=faults",
+        "hydra/sweeper/pruner=none", "search=none", "model.mode=choice(ok,raise,nans)",
+        "hydra.sweeper.enqueue=[{model.mode:ok},{model.mode:raise},{model.mode:nans}]",
+        "hydra.sweeper.n_trials=3", "hydra.sweeper.max_failure_rate=0.5",
+        env=env,
+    )  # fmt: skip
+    by_mode = {t.params["model.mode"]: t for t in _study(tmp_path, "faults").get_trials()}
+    assert by_mode["ok"].state == TrialState.COMPLETE
+    assert by_mode["raise"].state == TrialState.FAIL
+    assert "RuntimeError: boom from the model" in by_mode["raise"].user_attrs["clipsweep.fail_reason"]
+    assert by_mode["nans"].state == TrialState.PRUNED  # diverged: never told as a number
+    assert by_mode["nans"].user_attrs["clipsweep.status"] == "diverged"
+    assert "failed 1" in done.stdout
+
+    client, _ = _mlflow(tmp_path)
+    failed_run = client.get_run(by_mode["raise"].user_attrs["mlflow_run_id"])
+    assert failed_run.info.status == "FAILED"
+
+
+def test_sweep_diverging_learning_rate_is_pruned_not_a_number(tmp_path: Path) -> None:
+    args = ("hydra.sweeper.study_name=div", "hydra/sweeper/sampler=grid", "search=none", "clip=none",
+            "optim=sgd", "optim.lr=choice(1e4)", "model.hidden_size=16", "hydra.sweeper.n_trials=1",
+            "tracking.enabled=false")  # fmt: skip
+    _sweep(tmp_path, *args)
+    (trial,) = _study(tmp_path, "div").get_trials()
+    assert trial.state == TrialState.PRUNED and trial.user_attrs["clipsweep.status"] == "diverged"
+
+
+def test_sweep_stops_at_max_failure_rate_with_a_message(tmp_path: Path) -> None:
+    env = _faulty_setup(tmp_path)
+    done = _sweep(
+        tmp_path, "--config-dir", "mine", "model=faulty", "model.mode=raise", "hydra.sweeper.study_name=allfail",
+        "hydra.sweeper.n_trials=8", "hydra.sweeper.max_failure_rate=0.25", "tracking.enabled=false",
+        env=env,
+    )  # fmt: skip
+    assert "stopped: 3 failed trials exceed max_failure_rate (2 of n_trials=8)" in done.stdout
+    assert "no completed trial yet" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
+    assert len(_study(tmp_path, "allfail").get_trials()) == 3
+
+
+def test_sweep_conditional_preset_searches_each_method_parameter_only_where_it_applies(tmp_path: Path) -> None:
+    _sweep(tmp_path, "search=method_threshold", "hydra/sweeper/sampler=random", "hydra.sweeper.seed=3",
+           "hydra/sweeper/pruner=none",
+           "hydra.sweeper.n_trials=6", "hydra.sweeper.study_name=cond", "tracking.enabled=false")  # fmt: skip
+    own = {"norm": {"clip.threshold"}, "value": {"clip.threshold"}, "percentile": {"clip.percentile"},
+           "zclip": {"clip.z_threshold"}, "none": set()}  # fmt: skip
+    trials = _study(tmp_path, "cond").get_trials()
+    assert len(trials) == 6 and len({t.params["clip"] for t in trials}) >= 3
+    for trial in trials:
+        assert trial.state == TrialState.COMPLETE, trial.user_attrs
+        assert set(trial.params) == {"clip"} | own[trial.params["clip"]]
+
+
+def test_run_multirun_spelling_uses_the_sweeper(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeper", "run", "--multirun", *TINY, "search=threshold", "hydra/sweeper/sampler=grid",
+         "clip.threshold=0.5,2.0", "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=m"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(t.params["clip.threshold"] for t in _study(tmp_path, "m").get_trials()) == [0.5, 2.0]
+
+
+def test_two_sweep_processes_on_one_storage_finish_exactly_n_trials(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "sweeper", "sweep", *TINY, "hydra.sweeper.study_name=shared",
+               "hydra.sweeper.n_trials=8", "tracking.enabled=false", "search=threshold"]  # fmt: skip
+    workers = [
+        subprocess.Popen([*command, f"hydra.sweep.dir=multirun/w{i}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]  # fmt: skip
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    assert "database is locked" not in "".join(outputs)
+    trials = _study(tmp_path, "shared").get_trials()
+    real = [t for t in trials if not t.user_attrs.get("clipsweep.surplus")]
+    assert len(real) == 8 and all(t.state == TrialState.COMPLETE for t in real)
+    assert len({t.number for t in trials}) == len(trials)
+    assert all(t.state == TrialState.FAIL for t in trials if t.user_attrs.get("clipsweep.surplus"))
+
+
+def _existing_maximize_study(tmp_path: Path) -> None:
+    optuna.create_study(study_name="maxed", storage=f"sqlite:///{tmp_path / 'clipsweep.db'}", direction="maximize")
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["hydra/sweeper/sampler=annealing"], "hydra/sweeper/sampler/annealing"),
+        (["hydra/sweeper/pruner=patient"], "hydra/sweeper/pruner/patient"),
+        (["search=none"], "hydra.sweeper.params"),
+        (["clip.threshold=interval(5, 1)"], "low <= high"),
+        (["clip.threshold=tag(log, interval(0, 1))"], "low > 0"),
+        (["hydra.sweeper.direction=up"], "hydra.sweeper.direction='up'"),
+        (["hydra.sweeper.direction=[minimize,maximize]"], "hydra.sweeper.objective"),
+        (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0"),
+        (["hydra.sweeper.max_failure_rate=2"], "hydra.sweeper.max_failure_rate"),
+        (["hydra.sweeper.storage=postgresql://clipsweep:secret@127.0.0.1:1/none"], "hydra.sweeper.storage="),
+        (["hydra.sweeper.storage=sqlite:///no/such/dir/x.db"], "hydra.sweeper.storage="),
+        (["hydra.sweeper.study_name=maxed"], "direction ['maximize']"),
+        (["hydra/sweeper/sampler=grid"], "hydra.sweeper.sampler='grid'"),
+        (["clip.threshold=-1", "search=threshold", "optim.lr=interval(0.01, 0.1)"], "clip.threshold=-1.0"),
+    ],
+)
+def test_sweep_bad_input_exits_2_with_one_line_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], named: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    if "maxed" in " ".join(args):
+        _existing_maximize_study(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["sweep", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("clipsweep: error:") and "\n" not in err
+    assert named in err
+    assert "secret" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
