@@ -217,7 +217,8 @@ def test_run_multirun_spelling_uses_the_sweeper(tmp_path: Path) -> None:
 
 def test_two_sweep_processes_on_one_storage_finish_exactly_n_trials(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "sweeper", "sweep", *TINY, "hydra.sweeper.study_name=shared",
-               "hydra.sweeper.n_trials=8", "tracking.enabled=false", "search=threshold"]  # fmt: skip
+               "hydra.sweeper.n_trials=8", "tracking.enabled=false", "search=threshold",
+               "hydra/sweeper/pruner=none"]  # fmt: skip
     workers = [
         subprocess.Popen([*command, f"hydra.sweep.dir=multirun/w{i}"], cwd=tmp_path, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
