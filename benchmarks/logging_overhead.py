@@ -59,6 +59,7 @@ def timed_run(steps: int, uri: str | None) -> float:
     start = time.perf_counter()
     tracker = make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)
     train(setup, tracker)
+    tracker.flush()  # until everything is written: the tail a sweep would overlap with its next trial
     return time.perf_counter() - start
 
 

@@ -7,6 +7,7 @@ batched write on SQLite and ~53 ms a step over HTTP).
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -20,6 +21,7 @@ from urllib.parse import urlparse
 
 from sweeper.errors import ConfigError
 
+_log = logging.getLogger(__name__)
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_PARAM_LENGTH = 6000
@@ -90,7 +92,11 @@ class Tracker(ABC):
 
     @abstractmethod
     def end_run(self, status: str = "FINISHED") -> None:
-        """Flush everything queued and close the run (status FINISHED, FAILED or KILLED)."""
+        """Close the run (status FINISHED, FAILED or KILLED) once everything queued is written."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Wait until everything logged so far is written."""
 
     def describe(self) -> str:
         return "tracking disabled"
@@ -121,6 +127,9 @@ class NullTracker(Tracker):
         pass
 
     def end_run(self, status="FINISHED"):
+        pass
+
+    def flush(self):
         pass
 
 
@@ -164,7 +173,7 @@ class MlflowTracker(Tracker):
         self.experiment_id = self._experiment()
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
         self.run_id = run.info.run_id
-        self._worker = threading.Thread(target=self._work, name="clipsweep-mlflow", daemon=True)
+        self._worker = threading.Thread(target=self._work, name="clipsweep-mlflow", daemon=False)
         self._worker.start()
         self.log_params(params)
 
@@ -180,13 +189,17 @@ class MlflowTracker(Tracker):
 
     def _work(self) -> None:
         while (item := self._jobs.get()) is not None:
-            if self._error is not None:
-                continue
             job, args = item
+            if self._error is not None and job != self._terminate:
+                continue
             try:
                 job(*args)
-            except BaseException as err:  # reported by end_run on the caller's thread
-                self._error = err
+            except BaseException as err:  # reported by flush(), or logged if nobody waits
+                self._error = self._error or err
+                _log.warning("MLflow logging for run %s failed: %s", self.run_id, err)
+
+    def _terminate(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status=status)
 
     def _log_metric_batch(self, batch: list[tuple[str, float, int]]) -> None:
         from mlflow.entities import Metric
@@ -211,15 +224,27 @@ class MlflowTracker(Tracker):
         self.tag_run(self.run_id, tags)
 
     def tag_run(self, run_id, tags):
-        for key, value in tags.items():
-            self._submit(self.client.set_tag, run_id, key, str(value))
+        from mlflow.entities import RunTag
+
+        items = [RunTag(key, str(value)) for key, value in tags.items()]
+        if items:
+            self._submit(self.client.log_batch, run_id, [], [], items)
 
     def end_run(self, status="FINISHED"):
+        """Queue the run's end and return; the writer thread finishes in the background.
+
+        The thread is not a daemon, so the process still waits for it before exiting; meanwhile a
+        sweep's next trial already trains while this one's artifacts are written. ``flush()``
+        waits.
+        """
+        self._submit(self._terminate, status)
         if self._worker is not None:
             self._jobs.put(None)
+
+    def flush(self) -> None:
+        """Wait until everything queued is written; raise if a write failed."""
+        if self._worker is not None:
             self._worker.join()
-            self._worker = None
-        self.client.set_terminated(self.run_id, status=status)
         if self._error is not None:
             raise RuntimeError(f"MLflow logging failed: {self._error}") from self._error
 
