@@ -106,9 +106,6 @@ def _validate_command_line(args: Sequence[str]) -> str | None:
     missing file or an unreachable tracking store stops the command before Hydra creates its
     output directory, let alone an MLflow run.
     """
-    from sweeper.tracking import make_tracker
-    from sweeper.training import build
-
     if any(a.partition("=")[0] in _INFO_FLAGS for a in args):
         return None
     overrides, config_dir, config_name = _split_hydra_args(args)
@@ -116,6 +113,14 @@ def _validate_command_line(args: Sequence[str]) -> str | None:
         config = compose(overrides, config_dir, config_name)
     except Exception as err:  # Hydra raises several unrelated types for bad overrides
         return _one_line(err)
+    return _check_buildable(config)
+
+
+def _check_buildable(config: DictConfig) -> str | None:
+    """Build the run's parts and check its tracking store: the checks shared by run and sweep."""
+    from sweeper.tracking import make_tracker
+    from sweeper.training import build
+
     try:
         build(config)
         make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)
@@ -225,8 +230,6 @@ def _validate_sweep_line(args: Sequence[str]) -> str | None:
 
     from sweeper.hydra_sweeper import plan_sweep
     from sweeper.study import open_storage, open_study_if_exists
-    from sweeper.tracking import make_tracker
-    from sweeper.training import build
 
     if any(a.partition("=")[0] in _INFO_FLAGS for a in args):
         return None
@@ -238,12 +241,13 @@ def _validate_sweep_line(args: Sequence[str]) -> str | None:
     except Exception as err:
         return _one_line(err)
     task_arguments = [o.input_line for o in parsed if not o.key_or_group.startswith("hydra")]
+    settings = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
+    with open_dict(config):
+        del config["hydra"]
+    error = _check_buildable(config)
+    if error is not None:
+        return error
     try:
-        settings = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
-        with open_dict(config):
-            del config["hydra"]
-        build(config)
-        make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)
         plan = plan_sweep(settings, task_arguments)
         storage = open_storage(plan.storage_url, plan.heartbeat_interval, plan.grace_period, plan.max_retry)
         open_study_if_exists(storage, plan.study_name, plan.directions)

@@ -148,6 +148,23 @@ def test_sweep_prunes_hopeless_trials_from_their_intermediate_values(tmp_path: P
     assert run.data.tags["clipsweep.status"] == "stopped"
 
 
+def test_sweep_prunes_across_processes_with_the_joblib_launcher(tmp_path: Path) -> None:
+    args = (
+        "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.study_name=jl", "search=threshold",
+        "optim.lr=choice(0.05,0.00001)", "clip.threshold=choice(1.0)", "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.pruner.n_startup_trials=1",
+        "hydra.sweeper.enqueue=[{optim.lr:0.05},{optim.lr:0.05},{optim.lr:0.00001},{optim.lr:0.00001}]",
+    )  # fmt: skip
+    _sweep(tmp_path, *args)
+    trials = _study(tmp_path, "jl").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.PRUNED] * 2
+    client, _ = _mlflow(tmp_path)
+    for trial in trials:
+        assert trial.intermediate_values  # reported from the joblib worker process
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.tags["clipsweep.trial_state"] == trial.state.name
+
+
 def test_sweep_survives_raising_nan_and_diverging_trials(tmp_path: Path) -> None:
     env = _faulty_setup(tmp_path)
     done = _sweep(
