@@ -180,7 +180,7 @@ def run_job(config: DictConfig) -> dict[str, Any]:
         )
     print(_format_summary(result), flush=True)
     if tracker.run_id is not None and reporter is None:
-        print(f"browse it: clipsweep ui tracking.uri={config.tracking.uri}", flush=True)
+        print(f"browse it: clipsweep ui --tracking-uri {config.tracking.uri}", flush=True)
     metrics = {**result.val, "train/loss": result.train_loss, **result.summary.metrics()}
     return {"status": result.status, "metrics": metrics, "mlflow_run_id": tracker.run_id}
 
