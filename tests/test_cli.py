@@ -203,3 +203,28 @@ def test_conf_dir_is_found_from_an_installed_wheel(tmp_path: Path) -> None:
     assert Path(module_file).is_relative_to(target) and Path(found_conf).is_relative_to(target)
     assert (Path(found_conf) / "clip" / "zclip.yaml").is_file() and method == "zclip"
     assert conf_dir() != Path(found_conf)
+
+
+def test_cli_ui_serves_the_tracking_store_on_loopback(tmp_path: Path) -> None:
+    import time
+    import urllib.request
+
+    port = _closed_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "sweeper", "ui", "--port", str(port),
+         "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline, body = time.time() + 120, None
+        while time.time() < deadline and body is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    body = response.read().decode()
+            except OSError:
+                assert ui.poll() is None, ui.stdout.read()
+                time.sleep(0.5)
+        assert body is not None and "OK" in body
+    finally:
+        ui.terminate()
+        ui.wait(timeout=30)
