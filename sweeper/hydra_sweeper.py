@@ -236,16 +236,20 @@ class OptunaSweeper(Sweeper):
                 if plan.timeout is not None and time.monotonic() - started > plan.timeout:
                     return f"stopped: timeout of {plan.timeout:g} s reached"
                 batch: list[tuple[Trial, list[str]]] = []
+                asked = False
                 for _ in range(plan.n_jobs):
                     trial = studies.ask_within_budget(study, plan.n_trials)
                     if trial is None:
                         break
+                    asked = True
                     overrides = self._trial_overrides(plan, study, trial, parent)
                     if overrides is not None:
                         batch.append((trial, overrides))
                         own.add(trial._trial_id)
                         heartbeat.add(trial._trial_id)
                 if not batch:
+                    if asked:  # every asked trial failed to compose: the budget decides what next
+                        continue
                     if studies.foreign_running(study, own) or self._retry_waiting(study):
                         time.sleep(_POLL_SECONDS)  # another worker's trial may still fail and come back
                         continue

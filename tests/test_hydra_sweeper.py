@@ -210,6 +210,16 @@ def test_sweep_stops_at_max_failure_rate_with_a_message(tmp_path: Path) -> None:
     assert len(_study(tmp_path, "allfail").get_trials()) == 3
 
 
+def test_sweep_fails_trials_whose_sampled_config_does_not_compose(tmp_path: Path) -> None:
+    # clip=none has no threshold key: every sampled clip.threshold is rejected by the schema.
+    done = _sweep(tmp_path, "clip=none", "search=threshold", "hydra.sweeper.n_trials=4",
+                  "hydra.sweeper.study_name=nocompose", "tracking.enabled=false")  # fmt: skip
+    trials = _study(tmp_path, "nocompose").get_trials()
+    assert len(trials) == 2 and all(t.state == TrialState.FAIL for t in trials)
+    assert all("config did not compose" in t.user_attrs["clipsweep.fail_reason"] for t in trials)
+    assert "stopped: 2 failed trials exceed max_failure_rate (1 of n_trials=4)" in done.stdout
+
+
 def test_sweep_conditional_preset_searches_each_method_parameter_only_where_it_applies(tmp_path: Path) -> None:
     _sweep(tmp_path, "search=method_threshold", "hydra/sweeper/sampler=random", "hydra.sweeper.seed=3",
            "hydra/sweeper/pruner=none",
