@@ -225,7 +225,10 @@ class OptunaSweeper(Sweeper):
         own: set[int] = set()
         with studies.Heartbeat(study._storage, plan.heartbeat_interval) as heartbeat:
             while True:
-                studies.fail_stale(study)
+                for stale in studies.fail_stale(study):
+                    run_id = stale.user_attrs.get(studies.RUN_ID_ATTR)
+                    if run_id:  # its worker died mid-trial and cannot close its run itself
+                        parent.end_other_run(run_id, "KILLED", {"clipsweep.trial_state": "FAIL (stale heartbeat)"})
                 failures = len(studies.failed_trials(study))
                 if failures > plan.max_failures:
                     return (

@@ -192,11 +192,18 @@ def foreign_running(study: optuna.Study, own: set[int]) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t._trial_id not in own]
 
 
-def fail_stale(study: optuna.Study) -> None:
-    """Fail trials whose worker stopped beating; the storage's callback re-enqueues them."""
+def fail_stale(study: optuna.Study) -> list[FrozenTrial]:
+    """Fail trials whose worker stopped beating (the storage's callback re-enqueues them).
+
+    Returns the trials this call failed, so their tracking runs can be closed as killed.
+    """
+    running = {t._trial_id for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if not running:
+        return []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t._trial_id in running]
 
 
 class Heartbeat:

@@ -91,6 +91,10 @@ class Tracker(ABC):
         """Tag another run of the same store (a sweep tags its trials' runs with their final state)."""
 
     @abstractmethod
+    def end_other_run(self, run_id: str, status: str, tags: Mapping[str, str]) -> None:
+        """Close another run of the store (a dead worker's trial) with ``status`` and ``tags``."""
+
+    @abstractmethod
     def end_run(self, status: str = "FINISHED") -> None:
         """Close the run (status FINISHED, FAILED or KILLED) once everything queued is written."""
 
@@ -124,6 +128,9 @@ class NullTracker(Tracker):
         pass
 
     def tag_run(self, run_id, tags):
+        pass
+
+    def end_other_run(self, run_id, status, tags):
         pass
 
     def end_run(self, status="FINISHED"):
@@ -229,6 +236,10 @@ class MlflowTracker(Tracker):
         items = [RunTag(key, str(value)) for key, value in tags.items()]
         if items:
             self._submit(self.client.log_batch, run_id, [], [], items)
+
+    def end_other_run(self, run_id, status, tags):
+        self.tag_run(run_id, tags)
+        self._submit(self.client.set_terminated, run_id, status)
 
     def end_run(self, status="FINISHED"):
         """Queue the run's end and return; the writer thread finishes in the background.

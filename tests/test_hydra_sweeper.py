@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -260,6 +262,40 @@ def test_two_sweep_processes_on_one_storage_finish_exactly_n_trials(tmp_path: Pa
     assert len(real) == 8 and all(t.state == TrialState.COMPLETE for t in real)
     assert len({t.number for t in trials}) == len(trials)
     assert all(t.state == TrialState.FAIL for t in trials if t.user_attrs.get("clipsweep.surplus"))
+
+
+def test_sweep_killed_mid_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path) -> None:
+    common = ("hydra.sweeper.study_name=killed", "search=threshold", "hydra/sweeper/pruner=none",
+              "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3",
+              "hydra.sweeper.n_trials=2")  # fmt: skip
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "sweeper", "sweep", *TINY, *common, "train.steps=1000000", "train.eval_every=1000000"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    storage = f"sqlite:///{tmp_path / 'clipsweep.db'}"
+    deadline, running = time.time() + 120, None
+    while time.time() < deadline and running is None:
+        time.sleep(0.5)
+        try:
+            trials = optuna.load_study(study_name="killed", storage=storage).get_trials()
+        except KeyError:
+            continue
+        if trials and trials[0].state == TrialState.RUNNING and "mlflow_run_id" in trials[0].user_attrs:
+            running = trials[0]
+    assert running is not None, "the first trial never started"
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=30)
+
+    done = _sweep(tmp_path, *common)
+    trials = _study(tmp_path, "killed").get_trials()
+    assert trials[0].state == TrialState.FAIL
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2, done.stdout[-2000:]
+    assert [t.system_attrs.get("failed_trial") for t in complete].count(0) == 1  # trial 0, retried
+    client, _ = _mlflow(tmp_path)
+    dead_run = client.get_run(running.user_attrs["mlflow_run_id"])
+    assert dead_run.info.status == "KILLED"
+    assert dead_run.data.tags["clipsweep.trial_state"] == "FAIL (stale heartbeat)"
 
 
 def _existing_maximize_study(tmp_path: Path) -> None:
