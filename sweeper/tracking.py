@@ -8,6 +8,7 @@ batched write on SQLite and ~53 ms a step over HTTP).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -23,6 +24,8 @@ from sweeper.errors import ConfigError
 
 _log = logging.getLogger(__name__)
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
+_METRIC_SEND_SECONDS = 1.0
+_EXPERIMENT_IDS: dict[tuple[str, str], str] = {}
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_PARAM_LENGTH = 6000
 
@@ -155,6 +158,8 @@ class MlflowTracker(Tracker):
         self._jobs: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.Queue()
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._pending: list[tuple[str, float, int]] = []
+        self._last_send = time.monotonic()
 
     @property
     def client(self) -> Any:
@@ -165,6 +170,15 @@ class MlflowTracker(Tracker):
         return self._client
 
     def _experiment(self) -> str:
+        store = self.uri
+        if store.startswith("sqlite:///"):  # a relative file means another store in another directory
+            store = "sqlite:///" + os.path.abspath(store[len("sqlite:///") :])
+        key = (store, self.experiment_name)
+        if key not in _EXPERIMENT_IDS:  # one lookup per process: a sweep starts many runs
+            _EXPERIMENT_IDS[key] = self._find_or_create_experiment()
+        return _EXPERIMENT_IDS[key]
+
+    def _find_or_create_experiment(self) -> str:
         found = self.client.get_experiment_by_name(self.experiment_name)
         if found is not None:
             return found.experiment_id
@@ -217,9 +231,17 @@ class MlflowTracker(Tracker):
             self.client.log_batch(self.run_id, metrics=metrics[i : i + _MAX_METRICS_PER_BATCH])
 
     def log_metrics(self, metrics):
-        batch = list(metrics)
-        if batch:
-            self._submit(self._log_metric_batch, batch)
+        # Each log_batch pays a transaction (or an HTTP round trip) besides its rows: windows are
+        # gathered for up to a second before they are sent, and the rest goes at end_run.
+        self._pending.extend(metrics)
+        if self._pending and time.monotonic() - self._last_send >= _METRIC_SEND_SECONDS:
+            self._send_pending()
+
+    def _send_pending(self) -> None:
+        if self._pending:
+            self._submit(self._log_metric_batch, self._pending)
+            self._pending = []
+        self._last_send = time.monotonic()
 
     def log_text(self, text, artifact_file):
         self._submit(self.client.log_text, self.run_id, text, artifact_file)
@@ -248,6 +270,7 @@ class MlflowTracker(Tracker):
         sweep's next trial already trains while this one's artifacts are written. ``flush()``
         waits.
         """
+        self._send_pending()
         self._submit(self._terminate, status)
         if self._worker is not None:
             self._jobs.put(None)
