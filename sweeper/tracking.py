@@ -219,8 +219,9 @@ class MlflowTracker(Tracker):
                 self._error = self._error or err
                 _log.warning("MLflow logging for run %s failed: %s", self.run_id, err)
 
-    def _terminate(self, status: str) -> None:
-        self.client.set_terminated(self.run_id, status=status)
+    def _terminate(self, run_id: str, status: str) -> None:
+        """Close a run; the writer runs this even after an earlier write failed."""
+        self.client.set_terminated(run_id, status=status)
 
     def _log_metric_batch(self, batch: list[tuple[str, float, int]]) -> None:
         from mlflow.entities import Metric
@@ -261,7 +262,7 @@ class MlflowTracker(Tracker):
 
     def end_other_run(self, run_id, status, tags):
         self.tag_run(run_id, tags)
-        self._submit(self.client.set_terminated, run_id, status)
+        self._submit(self._terminate, run_id, status)
 
     def end_run(self, status="FINISHED"):
         """Queue the run's end and return; the writer thread finishes in the background.
@@ -271,7 +272,7 @@ class MlflowTracker(Tracker):
         waits.
         """
         self._send_pending()
-        self._submit(self._terminate, status)
+        self._submit(self._terminate, self.run_id, status)
         if self._worker is not None:
             self._jobs.put(None)
 
