@@ -111,15 +111,15 @@ def open_study(
     pruner: optuna.pruners.BasePruner | None = None,
 ) -> optuna.Study:
     """Create the study or load it; a stored study with other directions is refused."""
-    open_study_if_exists(storage, study_name, directions)
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=storage,
         study_name=study_name,
         directions=list(directions),
         sampler=sampler,
         pruner=pruner,
-        load_if_exists=True,
+        load_if_exists=True,  # a stored study keeps its own directions: checked below
     )
+    return _same_directions(study, directions)
 
 
 def open_study_if_exists(storage: BaseStorage, study_name: str, directions: Sequence[str]) -> optuna.Study | None:
@@ -128,10 +128,14 @@ def open_study_if_exists(storage: BaseStorage, study_name: str, directions: Sequ
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         return None
+    return _same_directions(study, directions)
+
+
+def _same_directions(study: optuna.Study, directions: Sequence[str]) -> optuna.Study:
     stored = [d.name.lower() for d in study.directions]
     if stored != [d.lower() for d in directions]:
         raise ConfigError(
-            "hydra.sweeper.direction", list(directions), f"the stored study {study_name!r}'s direction {stored}"
+            "hydra.sweeper.direction", list(directions), f"the stored study {study.study_name!r}'s direction {stored}"
         )
     return study
 
