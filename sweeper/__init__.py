@@ -5,6 +5,7 @@ The public names are re-exported here once; everything else is reached through i
 
 from sweeper.clipping import ClipMethod, Clipper, ClipStats, make_clipper
 from sweeper.errors import ConfigError
+from sweeper.loop import GradClipper
 from sweeper.telemetry import NormHistogram
 
-__all__ = ["ClipMethod", "ClipStats", "Clipper", "ConfigError", "NormHistogram", "make_clipper"]
+__all__ = ["ClipMethod", "ClipStats", "Clipper", "ConfigError", "GradClipper", "NormHistogram", "make_clipper"]

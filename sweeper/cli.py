@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from sweeper import study_commands
 from sweeper.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -27,12 +28,17 @@ commands:
   run    train one configuration (Hydra app: clipsweep run model=gru clip=value clip.threshold=0.5)
   sweep  search with Optuna (= clipsweep run --multirun): clipsweep sweep hydra.sweeper.n_trials=40
   ui     open the MLflow UI on the tracking store: clipsweep ui [--port 5000] [--tracking-uri URI]
+  recommend  the recommended threshold of a stored study: clipsweep recommend --study NAME [--validate 3]
+  export     write the best/recommended clip config: clipsweep export --study NAME --out conf/clip/best.yaml
+  report     top trials, recommendation and norm figure: clipsweep report --study NAME
+  calibrate  one pilot run → a threshold, no sweep: clipsweep calibrate model=gru task=copy_memory
 
 Run 'clipsweep run --help' for the config groups and Hydra's flags."""
 
 # Hydra flags after which no training happens, so there is nothing to pre-validate.
 _INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
 _MULTIRUN_FLAGS = {"--multirun", "-m"}
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--experimental-rerun"}
 
 
 def conf_dir() -> Path:
@@ -76,7 +82,18 @@ def _split_hydra_args(args: Sequence[str]) -> tuple[list[str], str | None, str]:
                 break
         else:
             overrides.append(arg)
+    if config_dir is None:
+        config_dir = working_conf_dir()
     return overrides, config_dir, config_name
+
+
+def working_conf_dir() -> str | None:
+    """``./conf`` when it exists and is not the package's own: files exported there (``clipsweep
+    export --out conf/clip/best.yaml``) are then found by ``clip=best`` without ``--config-dir``."""
+    local = Path("conf")
+    if local.is_dir() and local.resolve() != conf_dir().resolve():
+        return str(local)
+    return None
 
 
 def compose(
@@ -152,7 +169,8 @@ def run_job(config: DictConfig) -> dict[str, Any]:
     """The Hydra task function: build, validate, train, report.
 
     Returns what a sweep needs: ``status``, ``metrics`` (final ``val/*``, ``train/loss`` and the
-    gradient-norm summary) and ``mlflow_run_id``. Inside a clipsweep sweep the job reports its
+    gradient-norm summary), ``mlflow_run_id``, ``norms`` (the norm spans a recommendation pools)
+    and the resolved ``config`` (what an export of this trial writes). Inside a clipsweep sweep the job reports its
     validation objective to its Optuna trial and stops when the pruner says so.
     """
     from hydra.core.hydra_config import HydraConfig
@@ -182,7 +200,13 @@ def run_job(config: DictConfig) -> dict[str, Any]:
     if tracker.run_id is not None and reporter is None:
         print(f"browse it: clipsweep ui --tracking-uri {config.tracking.uri}", flush=True)
     metrics = {**result.val, "train/loss": result.train_loss, **result.summary.metrics()}
-    return {"status": result.status, "metrics": metrics, "mlflow_run_id": tracker.run_id}
+    return {
+        "status": result.status,
+        "metrics": metrics,
+        "mlflow_run_id": tracker.run_id,
+        "norms": result.summary.segments.to_dict(),
+        "config": OmegaConf.to_container(config, resolve=True, enum_to_str=True),
+    }
 
 
 def _register_sweeper() -> None:
@@ -209,9 +233,18 @@ def run_command(args: Sequence[str], validated: bool = False) -> int:
     saved = sys.argv
     # argparse cannot take Hydra's flags after the first override: put them (and values) first.
     overrides, config_dir, config_name = _split_hydra_args(args)
-    flags = [a for a in overrides if a.startswith("-")]
+    flags: list[str] = []
+    rest: list[str] = []
+    it = iter(overrides)
+    for arg in it:
+        if not arg.startswith("-"):
+            rest.append(arg)
+            continue
+        flags.append(arg)
+        if arg in _VALUE_FLAGS:  # `--cfg job`: the value travels with its flag
+            flags.append(next(it, ""))
     located = [*(["--config-dir", config_dir] if config_dir else []), "--config-name", config_name]
-    sys.argv = ["clipsweep run", *flags, *located, *(a for a in overrides if not a.startswith("-"))]
+    sys.argv = ["clipsweep run", *flags, *located, *rest]
     try:
         entry()
     finally:
@@ -280,7 +313,15 @@ def ui_command(args: Sequence[str]) -> int:
     return 0  # not reached
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"run": run_command, "sweep": sweep_command, "ui": ui_command}
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "run": run_command,
+    "sweep": sweep_command,
+    "ui": ui_command,
+    "recommend": study_commands.recommend_command,
+    "export": study_commands.export_command,
+    "report": study_commands.report_command,
+    "calibrate": study_commands.calibrate_command,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -291,7 +332,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = COMMANDS.get(args[0])
     if command is None:
         return _fail(f"command={args[0]!r} is not allowed: one of {sorted(COMMANDS)}")
-    return command(args[1:])
+    try:
+        return command(args[1:])
+    except (ConfigError, study_commands.UsageError) as err:
+        return _fail(str(err))
 
 
 if __name__ == "__main__":

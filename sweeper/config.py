@@ -277,6 +277,20 @@ class ThresholdPrunerConf:
 
 
 @dataclass
+class RecommendConf:
+    """``hydra.sweeper.recommend``: how the sweep's end derives, validates and exports a threshold."""
+
+    top_k: int = 3
+    """Best completed trials whose steady-state norms are pooled."""
+    transient: float = 0.1
+    """Fraction of each trial's planned steps dropped from the start."""
+    percentile: float | None = None
+    """None: the percentile matching the best trials' clip fraction; a number: that percentile."""
+    validate: int = 0
+    """Seeds to retrain the recommendation and the best trial's config on (0: no validation)."""
+
+
+@dataclass
 class SweeperConf:
     """``hydra/sweeper: clipsweep``: the official Optuna sweeper's keys plus what it lacks."""
 
@@ -313,6 +327,7 @@ class SweeperConf:
     grace_period: int = 60
     """Seconds without a heartbeat after which a RUNNING trial is failed and retried."""
     max_retry: int = 3
+    recommend: RecommendConf = field(default_factory=RecommendConf)
 
 
 SWEEPER_SCHEMAS: dict[str, dict[str, type]] = {

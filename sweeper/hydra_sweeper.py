@@ -29,6 +29,9 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from sweeper import study as studies
 from sweeper.errors import ConfigError
+from sweeper.export import ExportFormat, Which, choose, render, source
+from sweeper.recommend import CONFIG_ATTR, NORMS_ATTR, PARENT_RUN_ATTR, TRACKING_URI_ATTR, RecommendSettings, recommend
+from sweeper.report import log_recommendation, trials_table
 from sweeper.search_space import SearchSpace, format_value, parse_search_space
 from sweeper.tracking import Tracker, make_tracker
 
@@ -64,6 +67,8 @@ class SweepPlan:
     heartbeat_interval: int
     grace_period: int
     max_retry: int
+    recommend: RecommendSettings
+    validate: int
 
 
 def _instantiate(key: str, node: Any, **kwargs: Any) -> Any:
@@ -121,6 +126,13 @@ def plan_sweep(settings: Mapping[str, Any], arguments: Sequence[str]) -> SweepPl
             raise ConfigError(f"hydra.sweeper.enqueue[{i}]", entry, "a mapping of parameter names to values")
         enqueue.append({str(k): v for k, v in entry.items()})
 
+    try:
+        recommend = RecommendSettings.from_mapping(settings.get("recommend"))
+    except ConfigError as err:
+        raise err.under("hydra.sweeper") from None
+    validate = int((settings.get("recommend") or {}).get("validate", 0))
+    if validate < 0:
+        raise ConfigError("hydra.sweeper.recommend.validate", validate, "a number of seeds >= 0")
     storage_url = studies.storage_url(settings.get("storage"))
     study_name = settings.get("study_name") or f"clipsweep-{datetime.now():%Y%m%d-%H%M%S}"
     return SweepPlan(
@@ -140,16 +152,14 @@ def plan_sweep(settings: Mapping[str, Any], arguments: Sequence[str]) -> SweepPl
         heartbeat_interval=int(settings.get("heartbeat_interval", 10)),
         grace_period=int(settings.get("grace_period", 60)),
         max_retry=int(settings.get("max_retry", 3)),
+        recommend=recommend,
+        validate=validate,
     )
 
 
 def open_planned_study(plan: SweepPlan) -> optuna.Study:
     storage = studies.open_storage(plan.storage_url, plan.heartbeat_interval, plan.grace_period, plan.max_retry)
     return studies.open_study(storage, plan.study_name, plan.directions, plan.sampler, plan.pruner)
-
-
-def _value_text(value: Any) -> str:
-    return f"{value:.5g}" if isinstance(value, float) else str(value)
 
 
 class OptunaSweeper(Sweeper):
@@ -181,7 +191,7 @@ class OptunaSweeper(Sweeper):
         parent = make_tracker(tracking.uri, tracking.experiment, tracking.enabled)
         sampler_name = type(plan.sampler).__name__
         parent.start_run(
-            f"sweep-{plan.study_name}",
+            f"sweep-{plan.study_name}",  # one parent per invocation: each worker has its own
             params={f"search.{p.name}": p.distribution for p in plan.space.parameters}
             | {f"fixed.{i}": o for i, o in enumerate(plan.space.fixed)},
             tags={
@@ -192,6 +202,9 @@ class OptunaSweeper(Sweeper):
                 "clipsweep.role": "sweep",
             },
         )
+        if parent.run_id:  # where `clipsweep export` logs the exported file later
+            study.set_user_attr(PARENT_RUN_ATTR, parent.run_id)
+            study.set_user_attr(TRACKING_URI_ATTR, str(tracking.uri))
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         print(
@@ -201,8 +214,10 @@ class OptunaSweeper(Sweeper):
             flush=True,
         )
         status = "FINISHED"
+        conclusion = ""
         try:
             message = self._loop(plan, study, parent)
+            conclusion = self._conclude(plan, study, parent, sweep_dir)
         except BaseException as err:
             status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
             raise
@@ -212,6 +227,8 @@ class OptunaSweeper(Sweeper):
         if message:
             print(f"[clipsweep] {message}", flush=True)
         print(summary, flush=True)
+        if conclusion:
+            print(conclusion, flush=True)
         if parent.run_id:
             print(
                 f"[clipsweep] MLflow: clipsweep ui --tracking-uri {tracking.uri}, then open "
@@ -300,6 +317,9 @@ class OptunaSweeper(Sweeper):
             self._fail(study, trial, f"{type(error).__name__}: {error}")
             return
         result = job.return_value if isinstance(job.return_value, Mapping) else {}
+        for attr, key in ((NORMS_ATTR, "norms"), (CONFIG_ATTR, "config")):
+            if key in result:  # what recommend and export read back from the storage alone
+                trial.set_user_attr(attr, result[key])
         run_id = result.get("mlflow_run_id")
         status = result.get("status", "finished")
         trial.set_user_attr(studies.STATUS_ATTR, status)
@@ -371,7 +391,11 @@ class OptunaSweeper(Sweeper):
                 {"number": t.number, "params": dict(t.params), "values": list(t.values)} for t in study.best_trials
             ]
         OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
-        return self._table(plan, study) + f"\n[clipsweep] results: {sweep_dir / 'optimization_results.yaml'}"
+        return (
+            "[clipsweep] "
+            + trials_table(study, plan.objectives)
+            + f"\n[clipsweep] results: {sweep_dir / 'optimization_results.yaml'}"
+        )
 
     @staticmethod
     def _log_plots(study: optuna.Study, parent: Tracker) -> None:
@@ -393,18 +417,36 @@ class OptunaSweeper(Sweeper):
                 first = axes.flat[0] if hasattr(axes, "flat") else axes
                 parent.log_figure(first.figure, f"plots/{name}.png")
 
-    @staticmethod
-    def _table(plan: SweepPlan, study: optuna.Study, top: int = 5) -> str:
-        completed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-        if len(plan.directions) == 1:
-            reverse = plan.directions[0] == "maximize"
-            completed.sort(key=lambda t: t.value, reverse=reverse)
-        names = sorted({k for t in completed for k in t.params})
-        header = ["trial", *plan.objectives, *names]
-        rows = [
-            [str(t.number), *map(_value_text, t.values), *(_value_text(t.params.get(n, "-")) for n in names)]
-            for t in completed[:top]
-        ]
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in [header, *rows]]
-        return f"[clipsweep] top {len(rows)} of {len(completed)} completed trials:\n" + "\n".join(lines)
+    def _conclude(self, plan: SweepPlan, study: optuna.Study, parent: Tracker, sweep_dir: Path) -> str:
+        """Recommend (validate if asked), export ``<sweep dir>/clip/best.yaml``, log to the parent run.
+
+        The recommendation is over every worker's trials in the study, not only this invocation's.
+        """
+        if len(plan.directions) != 1:
+            return ""
+        try:
+            recommendation = recommend(study, plan.recommend, plan.objectives[0])
+        except ValueError as err:
+            return f"[clipsweep] no recommendation: {err}"
+        validation = None
+        lines = [recommendation.describe()]
+        if plan.validate:
+            from sweeper.validation import validate
+
+            tracking = {k: self.config.tracking[k] for k in ("uri", "experiment", "enabled")}
+            validation = validate(recommendation, plan.validate, tracking, parent.run_id)
+            lines.append(validation.describe())
+        clip, which, reason = choose(recommendation, validation, Which.auto)
+        text = render(
+            clip, source(recommendation, which, reason, studies.mask_url(plan.storage_url)), ExportFormat.yaml
+        )
+        out = sweep_dir / "clip" / "best.yaml"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        log_recommendation(parent, recommendation, validation)
+        parent.log_text(text, "export/best.yaml")
+        lines.append(
+            f"exported the {which.value} config ({reason}) to {out}\n"
+            f"  train with it: clipsweep run --config-dir {sweep_dir} clip=best"
+        )
+        return "\n".join(f"[clipsweep] {line}" for line in "\n".join(lines).splitlines())

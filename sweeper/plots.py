@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from typing import Any
 
 from sweeper.telemetry import NormHistogram
 
 
-def norm_histogram_figure(histogram: NormHistogram, threshold: float = math.nan) -> Any:
-    """The pre-clip norm distribution on a log axis with p50/p90/p99 and the threshold marked."""
+def norm_histogram_figure(histogram: NormHistogram, marks: Mapping[str, float] | None = None) -> Any:
+    """The pre-clip norm distribution on a log axis with p50/p90/p99 and thresholds (``marks``) drawn."""
     # The object-oriented API, not pyplot: no global figure registry, safe off the main thread.
     from matplotlib.figure import Figure
 
@@ -24,8 +24,9 @@ def norm_histogram_figure(histogram: NormHistogram, threshold: float = math.nan)
             value = histogram.percentile(q)
             axes.axvline(value, color=colour, linestyle="--", label=f"p{q} = {value:.3g}")
         axes.set_xscale("log")
-    if math.isfinite(threshold):
-        axes.axvline(threshold, color="black", label=f"threshold = {threshold:.3g}")
+    for (label, value), style in zip((marks or {}).items(), ("-", ":", "-.")):
+        if value == value and abs(value) != float("inf"):
+            axes.axvline(value, color="black", linestyle=style, label=f"{label} = {value:.3g}")
     axes.set_xlabel("pre-clip global gradient norm")
     axes.set_ylabel("steps")
     axes.set_title(f"gradient norms ({histogram.nonfinite} non-finite steps not shown)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,13 +98,15 @@ class NormHistogram:
 
     def _value_at_rank(self, rank: int, bins: np.ndarray, cumulative: np.ndarray) -> float:
         b = int(bins[np.searchsorted(cumulative, rank, side="right")])
+        return float(min(max(self._centre(b), self.minimum), self.maximum))
+
+    def _centre(self, b: int) -> float:
+        """The value a bin stands for: its geometric centre; the two overflow bins hold min / max."""
         if b == 0:
-            centre = self.minimum
-        elif b == self._n_bins + 1:
-            centre = self.maximum
-        else:
-            centre = self.low * 10 ** ((b - 1 + 0.5) / self.bins_per_decade)
-        return float(min(max(centre, self.minimum), self.maximum))
+            return self.minimum
+        if b == self._n_bins + 1:
+            return self.maximum
+        return self.low * 10 ** ((b - 1 + 0.5) / self.bins_per_decade)
 
     def percentile(self, q: float) -> float:
         """The q-th percentile (0..100) with numpy's default linear interpolation between ranks."""
@@ -120,12 +122,23 @@ class NormHistogram:
         v_hi = v_lo if hi == lo else self._value_at_rank(hi, bins, cumulative)
         return v_lo + (v_hi - v_lo) * (position - lo)
 
+    def fraction_above(self, threshold: float) -> float:
+        """Share of the finite values above ``threshold``, read at bin centres like ``percentile``."""
+        if self.count == 0:
+            return math.nan
+        above = sum(c for b, c in self.counts.items() if self._centre(b) > threshold)
+        return above / self.count
+
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form; counts are dense from the first occupied bin (``offset``) to keep it small."""
+        first = min(self.counts) if self.counts else 0
+        last = max(self.counts) if self.counts else -1
         return {
             "bins_per_decade": self.bins_per_decade,
             "low": self.low,
             "high": self.high,
-            "counts": {str(b): c for b, c in sorted(self.counts.items())},
+            "offset": first,
+            "counts": [self.counts.get(b, 0) for b in range(first, last + 1)],
             "count": self.count,
             "nonfinite": self.nonfinite,
             "minimum": self.minimum if self.count else None,
@@ -133,12 +146,13 @@ class NormHistogram:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> NormHistogram:
+    def from_dict(cls, data: Mapping[str, Any]) -> NormHistogram:
+        offset = int(data["offset"])
         return cls(
             bins_per_decade=int(data["bins_per_decade"]),
             low=float(data["low"]),
             high=float(data["high"]),
-            counts={int(b): int(c) for b, c in data["counts"].items()},
+            counts={offset + i: int(c) for i, c in enumerate(data["counts"]) if c},
             count=int(data["count"]),
             nonfinite=int(data["nonfinite"]),
             minimum=math.inf if data["minimum"] is None else float(data["minimum"]),
@@ -209,12 +223,70 @@ def steps_csv(windows: Sequence[Window]) -> str:
 
 
 @dataclass
+class NormSegments:
+    """The run's finite pre-clip norms in ``len(histograms)`` equal spans of its planned steps.
+
+    A recommendation drops each run's early transient (the largest norms come in the first steps,
+    before the loss settles); keeping spans instead of one histogram lets the reader choose how
+    much to drop after the runs are over, and spans still merge across runs bin by bin.
+    """
+
+    total_steps: int
+    histograms: list[NormHistogram]
+    clipped: list[int]
+    """Clipped (finite) steps per span: a run's clip fraction under an adaptive threshold."""
+
+    @classmethod
+    def empty(cls, total_steps: int, n_segments: int = 10) -> NormSegments:
+        n = max(1, min(n_segments, total_steps))
+        return cls(total_steps, [NormHistogram() for _ in range(n)], [0] * n)
+
+    def add(self, steps: np.ndarray, norms: np.ndarray, clipped: np.ndarray) -> None:
+        n = len(self.histograms)
+        index = np.minimum(steps * n // max(self.total_steps, 1), n - 1)
+        for k in np.unique(index):
+            rows = index == k
+            self.histograms[int(k)].add(norms[rows])
+            self.clipped[int(k)] += int(clipped[rows].sum())
+
+    def first_kept(self, transient: float) -> int:
+        """Index of the first span after dropping the ``transient`` fraction of planned steps."""
+        if not 0.0 <= transient < 1.0:
+            raise ValueError(f"transient={transient!r} must be a fraction in [0, 1)")
+        return math.ceil(round(transient * len(self.histograms), 9))
+
+    def steady(self, transient: float) -> tuple[NormHistogram, int]:
+        """(merged histogram, clipped steps) of the spans after the transient."""
+        merged = NormHistogram()
+        start = self.first_kept(transient)
+        for histogram in self.histograms[start:]:
+            merged.merge(histogram)
+        return merged, sum(self.clipped[start:])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total_steps": self.total_steps,
+            "histograms": [h.to_dict() for h in self.histograms],
+            "clipped": list(self.clipped),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NormSegments:
+        return cls(
+            int(data["total_steps"]),
+            [NormHistogram.from_dict(h) for h in data["histograms"]],
+            [int(c) for c in data["clipped"]],
+        )
+
+
+@dataclass
 class RunSummary:
     """Totals over a whole run, in the metric names the tracking store uses."""
 
     histogram: NormHistogram
     steps: int
     clipped_steps: int
+    segments: NormSegments
 
     @property
     def clip_fraction(self) -> float:
@@ -239,7 +311,13 @@ class Telemetry:
     norm; ``drain`` is the only place that synchronises, once per window.
     """
 
-    def __init__(self, named_parameters: Sequence[tuple[str, Tensor]], log_every: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        named_parameters: Sequence[tuple[str, Tensor]],
+        log_every: int,
+        device: torch.device,
+        total_steps: int | None = None,
+    ) -> None:
         if log_every < 1:
             raise ValueError(f"log_every={log_every!r} must be >= 1")
         self.log_every = log_every
@@ -252,7 +330,9 @@ class Telemetry:
         self._layer_step: int | None = None
         self._first_step = 0
         self._n = 0
-        self.summary = RunSummary(NormHistogram(), steps=0, clipped_steps=0)
+        # Without a planned length (a user's own loop), spans are laid out for a million steps.
+        segments = NormSegments.empty(total_steps or 1_000_000)
+        self.summary = RunSummary(NormHistogram(), steps=0, clipped_steps=0, segments=segments)
 
     def wants_layers(self, step: int) -> bool:
         return step % self.log_every == 0
@@ -313,8 +393,10 @@ class Telemetry:
         self.summary.histogram.add(columns["grad/norm"])
         self.summary.steps += self._n
         self.summary.clipped_steps += int(columns["grad/clipped"][finite].sum())
+        steps = np.arange(self._first_step, self._first_step + self._n)
+        self.summary.segments.add(steps, columns["grad/norm"], columns["grad/clipped"])
         window = Window(
-            steps=np.arange(self._first_step, self._first_step + self._n),
+            steps=steps,
             values=columns,
             finite=finite,
             layer_step=self._layer_step,

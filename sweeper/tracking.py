@@ -74,6 +74,10 @@ class Tracker(ABC):
     def start_run(self, run_name: str | None, params: Mapping[str, Any], tags: Mapping[str, str]) -> None: ...
 
     @abstractmethod
+    def resume_run(self, run_id: str) -> None:
+        """Write to an existing run (a finished sweep's parent gets its export and validation)."""
+
+    @abstractmethod
     def log_metrics(self, metrics: Iterable[tuple[str, float, int]]) -> None:
         """Queue ``(key, value, step)`` triples; they are written in batches."""
 
@@ -113,6 +117,9 @@ class NullTracker(Tracker):
     """``tracking.enabled=false``: nothing is written anywhere."""
 
     def start_run(self, run_name, params, tags):
+        pass
+
+    def resume_run(self, run_id):
         pass
 
     def log_metrics(self, metrics):
@@ -193,10 +200,20 @@ class MlflowTracker(Tracker):
     def start_run(self, run_name, params, tags):
         self.experiment_id = self._experiment()
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
-        self.run_id = run.info.run_id
+        self._attach(run.info.run_id)
+        self.log_params(params)
+
+    def resume_run(self, run_id):
+        try:
+            self.experiment_id = self.client.get_run(run_id).info.experiment_id
+        except Exception as err:
+            raise ConfigError("run_id", run_id, f"an MLflow run in {self.uri} ({str(err).splitlines()[0]})") from None
+        self._attach(run_id)
+
+    def _attach(self, run_id: str) -> None:
+        self.run_id = run_id
         self._worker = threading.Thread(target=self._work, name="clipsweep-mlflow", daemon=False)
         self._worker.start()
-        self.log_params(params)
 
     def log_params(self, params):
         from mlflow.entities import Param
@@ -246,6 +263,13 @@ class MlflowTracker(Tracker):
 
     def log_text(self, text, artifact_file):
         self._submit(self.client.log_text, self.run_id, text, artifact_file)
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        """Another run's tags (``export --run-id`` finds its study through them)."""
+        try:
+            return dict(self.client.get_run(run_id).data.tags)
+        except Exception as err:
+            raise ConfigError("--run-id", run_id, f"an MLflow run in {self.uri} ({str(err).splitlines()[0]})") from None
 
     def log_figure(self, figure, artifact_file):
         self._submit(self.client.log_figure, self.run_id, figure, artifact_file)

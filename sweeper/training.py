@@ -239,7 +239,9 @@ def train(
     config = setup.config
     steps, eval_every = int(config.train.steps), int(config.train.eval_every)
     fail_on_nonfinite = NonFinite(config.train.nonfinite) is NonFinite.fail
-    telemetry = Telemetry(list(setup.model.named_parameters()), int(config.tracking.log_every), setup.device)
+    telemetry = Telemetry(
+        list(setup.model.named_parameters()), int(config.tracking.log_every), setup.device, total_steps=steps
+    )
     trainer = Trainer(setup, telemetry)
     resolved = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
     tracker.start_run(
@@ -293,7 +295,7 @@ def train(
         tracker.log_text(json.dumps(histogram.to_dict(), indent=1), "telemetry/grad_norm_histogram.json")
         from sweeper.plots import norm_histogram_figure
 
-        figure = norm_histogram_figure(histogram, last_threshold)
+        figure = norm_histogram_figure(histogram, {"threshold": last_threshold})
         tracker.log_figure(figure, "telemetry/grad_norm_histogram.png")
         tracker.set_tags({"clipsweep.status": status, "clipsweep.steps_done": str(done)})
     except BaseException as err:

@@ -12,15 +12,11 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
+from conftest import TINY, load_study, mlflow_runs, run_sweep
 from optuna.trial import TrialState
 
 from sweeper.cli import main
-
-TINY = (
-    "model.hidden_size=8", "task.seq_len=10", "task.val_size=32", "train.batch_size=8",
-    "train.steps=20", "train.eval_every=5", "tracking.log_every=10",
-)  # fmt: skip
+from sweeper.recommend import CONFIG_ATTR, NORMS_ATTR, PARENT_RUN_ATTR
 
 FAULTY_MODEL = """
 import torch
@@ -42,29 +38,6 @@ class FaultyModel(RNNModel):
 """
 
 
-def _sweep(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "sweeper", "sweep", *TINY, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **(env or {})},
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
-
-
-def _study(cwd: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd / 'clipsweep.db'}")
-
-
-def _mlflow(cwd: Path) -> tuple[MlflowClient, list]:
-    client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("clipsweep")
-    return client, client.search_runs([experiment.experiment_id], max_results=1000)
-
-
 def _faulty_setup(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "faulty_model.py").write_text(FAULTY_MODEL)
     (tmp_path / "mine" / "model").mkdir(parents=True)
@@ -75,17 +48,17 @@ def _faulty_setup(tmp_path: Path) -> dict[str, str]:
 
 
 def test_sweep_records_study_parent_and_child_runs_and_results(tmp_path: Path) -> None:
-    done = _sweep(tmp_path, "hydra.sweeper.n_trials=4", "hydra.sweeper.study_name=s1", "hydra.sweeper.seed=1")
+    done = run_sweep(tmp_path, "hydra.sweeper.n_trials=4", "hydra.sweeper.study_name=s1", "hydra.sweeper.seed=1")
     assert "[clipsweep] trials 4/4 done" in done.stdout and "top 4 of 4 completed trials" in done.stdout
 
-    study = _study(tmp_path, "s1")
+    study = load_study(tmp_path, "s1")
     trials = study.get_trials()
     assert [t.number for t in trials] == [0, 1, 2, 3]
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert all(set(t.params) == {"clip.threshold", "optim.lr"} for t in trials)
     assert all(0.01 <= t.params["clip.threshold"] <= 10 for t in trials)
 
-    client, runs = _mlflow(tmp_path)
+    client, runs = mlflow_runs(tmp_path)
     parents = [r for r in runs if r.data.tags.get("clipsweep.role") == "sweep"]
     assert len(parents) == 1
     parent = parents[0]
@@ -118,14 +91,26 @@ def test_sweep_records_study_parent_and_child_runs_and_results(tmp_path: Path) -
     assert results["best_config"]["clip"]["threshold"] == pytest.approx(study.best_params["clip.threshold"])
     assert results["best_config"]["train"]["steps"] == 20
 
+    # The sweep ends with a recommendation over the stored norms and an exported clip group file.
+    assert all(NORMS_ATTR in t.user_attrs and t.user_attrs[CONFIG_ATTR]["train"]["steps"] == 20 for t in trials)
+    assert "[clipsweep] recommended: clip=norm threshold=" in done.stdout
+    exported = results_file.parent / "clip" / "best.yaml"
+    assert "exported the best config" in done.stdout and str(exported.relative_to(tmp_path)) in done.stdout
+    assert yaml.safe_load(exported.read_text())["threshold"] == pytest.approx(study.best_params["clip.threshold"])
+    assert parent.data.metrics["recommend/threshold"] > 0
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "recommendation")}
+    assert logged == {"recommendation/recommendation.json", "recommendation/grad_norms.png"}
+    assert [a.path for a in client.list_artifacts(parent.info.run_id, "export")] == ["export/best.yaml"]
+    assert load_study(tmp_path, "s1").user_attrs[PARENT_RUN_ATTR] == parent.info.run_id
+
 
 def test_sweep_resume_reaches_exactly_n_trials(tmp_path: Path) -> None:
     common = ("hydra.sweeper.study_name=resume", "tracking.enabled=false", "search=threshold")
-    _sweep(tmp_path, "hydra.sweeper.n_trials=2", *common)
-    done = _sweep(tmp_path, "hydra.sweeper.n_trials=5", *common)
+    run_sweep(tmp_path, "hydra.sweeper.n_trials=2", *common)
+    done = run_sweep(tmp_path, "hydra.sweeper.n_trials=5", *common)
     assert "2/5 trials already there" in done.stdout
-    _sweep(tmp_path, "hydra.sweeper.n_trials=5", *common)  # already full: runs nothing
-    trials = _study(tmp_path, "resume").get_trials()
+    run_sweep(tmp_path, "hydra.sweeper.n_trials=5", *common)  # already full: runs nothing
+    trials = load_study(tmp_path, "resume").get_trials()
     assert [t.number for t in trials] == [0, 1, 2, 3, 4]
     assert all(t.state == TrialState.COMPLETE for t in trials)
 
@@ -136,15 +121,15 @@ def test_sweep_prunes_hopeless_trials_from_their_intermediate_values(tmp_path: P
         "hydra.sweeper.n_trials=2", "clip.threshold=choice(1.0)", "hydra.sweeper.pruner.n_startup_trials=1",
         "hydra.sweeper.enqueue=[{optim.lr:0.05},{optim.lr:0.00001}]",
     )  # fmt: skip
-    _sweep(tmp_path, *args)
-    trials = _study(tmp_path, "prune").get_trials()
+    run_sweep(tmp_path, *args)
+    trials = load_study(tmp_path, "prune").get_trials()
     assert [t.params["optim.lr"] for t in trials] == [0.05, 0.00001]
     assert trials[0].state == TrialState.COMPLETE
     pruned = trials[1]
     assert pruned.state == TrialState.PRUNED
     assert pruned.intermediate_values and max(pruned.intermediate_values) < 20
     assert pruned.user_attrs["clipsweep.status"] == "stopped"
-    client, _ = _mlflow(tmp_path)
+    client, _ = mlflow_runs(tmp_path)
     run = client.get_run(pruned.user_attrs["mlflow_run_id"])
     assert run.data.tags["clipsweep.trial_state"] == "PRUNED"
     assert run.data.tags["clipsweep.status"] == "stopped"
@@ -157,10 +142,10 @@ def test_sweep_prunes_across_processes_with_the_joblib_launcher(tmp_path: Path) 
         "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.study_name=jl", "search=threshold",
         "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.upper=0.0", "hydra.sweeper.n_trials=2",
     )  # fmt: skip
-    _sweep(tmp_path, *args)
-    trials = _study(tmp_path, "jl").get_trials()
+    run_sweep(tmp_path, *args)
+    trials = load_study(tmp_path, "jl").get_trials()
     assert [t.state for t in trials] == [TrialState.PRUNED] * 2
-    client, _ = _mlflow(tmp_path)
+    client, _ = mlflow_runs(tmp_path)
     for trial in trials:
         assert list(trial.intermediate_values) == [5]  # reported from a worker process, then stopped
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
@@ -170,14 +155,14 @@ def test_sweep_prunes_across_processes_with_the_joblib_launcher(tmp_path: Path) 
 
 def test_sweep_survives_raising_nan_and_diverging_trials(tmp_path: Path) -> None:
     env = _faulty_setup(tmp_path)
-    done = _sweep(
+    done = run_sweep(
         tmp_path, "--config-dir", "mine", "model=faulty", "hydra.sweeper.study_name=faults",
         "hydra/sweeper/pruner=none", "search=none", "model.mode=choice(ok,raise,nans)",
         "hydra.sweeper.enqueue=[{model.mode:ok},{model.mode:raise},{model.mode:nans}]",
         "hydra.sweeper.n_trials=3", "hydra.sweeper.max_failure_rate=0.5",
         env=env,
     )  # fmt: skip
-    by_mode = {t.params["model.mode"]: t for t in _study(tmp_path, "faults").get_trials()}
+    by_mode = {t.params["model.mode"]: t for t in load_study(tmp_path, "faults").get_trials()}
     assert by_mode["ok"].state == TrialState.COMPLETE
     assert by_mode["raise"].state == TrialState.FAIL
     assert "RuntimeError: boom from the model" in by_mode["raise"].user_attrs["clipsweep.fail_reason"]
@@ -185,7 +170,7 @@ def test_sweep_survives_raising_nan_and_diverging_trials(tmp_path: Path) -> None
     assert by_mode["nans"].user_attrs["clipsweep.status"] == "diverged"
     assert "failed 1" in done.stdout
 
-    client, _ = _mlflow(tmp_path)
+    client, _ = mlflow_runs(tmp_path)
     failed_run = client.get_run(by_mode["raise"].user_attrs["mlflow_run_id"])
     assert failed_run.info.status == "FAILED"
 
@@ -194,14 +179,14 @@ def test_sweep_diverging_learning_rate_is_pruned_not_a_number(tmp_path: Path) ->
     args = ("hydra.sweeper.study_name=div", "hydra/sweeper/sampler=grid", "search=none", "clip=none",
             "optim=sgd", "optim.lr=choice(1e4)", "model.hidden_size=16", "hydra.sweeper.n_trials=1",
             "tracking.enabled=false")  # fmt: skip
-    _sweep(tmp_path, *args)
-    (trial,) = _study(tmp_path, "div").get_trials()
+    run_sweep(tmp_path, *args)
+    (trial,) = load_study(tmp_path, "div").get_trials()
     assert trial.state == TrialState.PRUNED and trial.user_attrs["clipsweep.status"] == "diverged"
 
 
 def test_sweep_stops_at_max_failure_rate_with_a_message(tmp_path: Path) -> None:
     env = _faulty_setup(tmp_path)
-    done = _sweep(
+    done = run_sweep(
         tmp_path, "--config-dir", "mine", "model=faulty", "model.mode=raise", "hydra.sweeper.study_name=allfail",
         "hydra.sweeper.n_trials=8", "hydra.sweeper.max_failure_rate=0.25", "tracking.enabled=false",
         env=env,
@@ -209,26 +194,26 @@ def test_sweep_stops_at_max_failure_rate_with_a_message(tmp_path: Path) -> None:
     assert "stopped: 3 failed trials exceed max_failure_rate (2 of n_trials=8)" in done.stdout
     assert "no completed trial yet" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
-    assert len(_study(tmp_path, "allfail").get_trials()) == 3
+    assert len(load_study(tmp_path, "allfail").get_trials()) == 3
 
 
 def test_sweep_fails_trials_whose_sampled_config_does_not_compose(tmp_path: Path) -> None:
     # clip=none has no threshold key: every sampled clip.threshold is rejected by the schema.
-    done = _sweep(tmp_path, "clip=none", "search=threshold", "hydra.sweeper.n_trials=4",
+    done = run_sweep(tmp_path, "clip=none", "search=threshold", "hydra.sweeper.n_trials=4",
                   "hydra.sweeper.study_name=nocompose", "tracking.enabled=false")  # fmt: skip
-    trials = _study(tmp_path, "nocompose").get_trials()
+    trials = load_study(tmp_path, "nocompose").get_trials()
     assert len(trials) == 2 and all(t.state == TrialState.FAIL for t in trials)
     assert all("config did not compose" in t.user_attrs["clipsweep.fail_reason"] for t in trials)
     assert "stopped: 2 failed trials exceed max_failure_rate (1 of n_trials=4)" in done.stdout
 
 
 def test_sweep_conditional_preset_searches_each_method_parameter_only_where_it_applies(tmp_path: Path) -> None:
-    _sweep(tmp_path, "search=method_threshold", "hydra/sweeper/sampler=random", "hydra.sweeper.seed=3",
+    run_sweep(tmp_path, "search=method_threshold", "hydra/sweeper/sampler=random", "hydra.sweeper.seed=3",
            "hydra/sweeper/pruner=none",
            "hydra.sweeper.n_trials=6", "hydra.sweeper.study_name=cond", "tracking.enabled=false")  # fmt: skip
     own = {"norm": {"clip.threshold"}, "value": {"clip.threshold"}, "percentile": {"clip.percentile"},
            "zclip": {"clip.z_threshold"}, "none": set()}  # fmt: skip
-    trials = _study(tmp_path, "cond").get_trials()
+    trials = load_study(tmp_path, "cond").get_trials()
     assert len(trials) == 6 and len({t.params["clip"] for t in trials}) >= 3
     for trial in trials:
         assert trial.state == TrialState.COMPLETE, trial.user_attrs
@@ -242,7 +227,7 @@ def test_run_multirun_spelling_uses_the_sweeper(tmp_path: Path) -> None:
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert sorted(t.params["clip.threshold"] for t in _study(tmp_path, "m").get_trials()) == [0.5, 2.0]
+    assert sorted(t.params["clip.threshold"] for t in load_study(tmp_path, "m").get_trials()) == [0.5, 2.0]
 
 
 def test_two_sweep_processes_on_one_storage_finish_exactly_n_trials(tmp_path: Path) -> None:
@@ -257,7 +242,7 @@ def test_two_sweep_processes_on_one_storage_finish_exactly_n_trials(tmp_path: Pa
     outputs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
     assert "database is locked" not in "".join(outputs)
-    trials = _study(tmp_path, "shared").get_trials()
+    trials = load_study(tmp_path, "shared").get_trials()
     real = [t for t in trials if not t.user_attrs.get("clipsweep.surplus")]
     assert len(real) == 8 and all(t.state == TrialState.COMPLETE for t in real)
     assert len({t.number for t in trials}) == len(trials)
@@ -286,13 +271,13 @@ def test_sweep_killed_mid_trial_is_failed_by_heartbeat_and_retried(tmp_path: Pat
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
 
-    done = _sweep(tmp_path, *common)
-    trials = _study(tmp_path, "killed").get_trials()
+    done = run_sweep(tmp_path, *common)
+    trials = load_study(tmp_path, "killed").get_trials()
     assert trials[0].state == TrialState.FAIL
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 2, done.stdout[-2000:]
     assert [t.system_attrs.get("failed_trial") for t in complete].count(0) == 1  # trial 0, retried
-    client, _ = _mlflow(tmp_path)
+    client, _ = mlflow_runs(tmp_path)
     dead_run = client.get_run(running.user_attrs["mlflow_run_id"])
     assert dead_run.info.status == "KILLED"
     assert dead_run.data.tags["clipsweep.trial_state"] == "FAIL (stale heartbeat)"

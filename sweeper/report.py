@@ -1,0 +1,58 @@
+"""What a study holds, for the terminal and the parent MLflow run: top trials, recommendation, figure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from sweeper.plots import norm_histogram_figure
+from sweeper.recommend import Recommendation
+from sweeper.tracking import Tracker
+from sweeper.validation import Validation
+
+
+def _value_text(value: Any) -> str:
+    return f"{value:.5g}" if isinstance(value, float) else str(value)
+
+
+def trials_table(study: optuna.Study, objectives: Sequence[str], top: int = 5) -> str:
+    """The ``top`` completed trials, best first (single objective), with their parameters."""
+    completed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    if len(study.directions) == 1:
+        reverse = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+        completed.sort(key=lambda t: t.value, reverse=reverse)
+    names = sorted({k for t in completed for k in t.params})
+    header = ["trial", *objectives, *names]
+    rows = [
+        [str(t.number), *map(_value_text, t.values), *(_value_text(t.params.get(n, "-")) for n in names)]
+        for t in completed[:top]
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in [header, *rows]]
+    return f"top {len(rows)} of {len(completed)} completed trials:\n" + "\n".join(lines)
+
+
+def recommendation_figure(recommendation: Recommendation) -> Any:
+    """The pooled norm distribution with the recommended and the best trial's threshold marked."""
+    marks = {"recommended": recommendation.threshold}
+    if recommendation.best_threshold is not None:
+        marks[f"best trial {recommendation.best.number}"] = recommendation.best_threshold
+    return norm_histogram_figure(recommendation.histogram, marks)
+
+
+def log_recommendation(tracker: Tracker, recommendation: Recommendation, validation: Validation | None) -> None:
+    """Metrics, a JSON record and the figure on the sweep's parent run."""
+    rows = [
+        ("recommend/threshold", recommendation.threshold, 0),
+        ("recommend/percentile", recommendation.percentile, 0),
+        ("recommend/clip_fraction", recommendation.clip_fraction, 0),
+        ("recommend/steps", float(recommendation.steps), 0),
+    ]
+    tracker.log_metrics(rows + (validation.metrics() if validation else []))
+    record = {"recommendation": recommendation.to_dict(), "validation": validation.to_dict() if validation else None}
+    tracker.log_text(json.dumps(record, indent=1), "recommendation/recommendation.json")
+    tracker.log_figure(recommendation_figure(recommendation), "recommendation/grad_norms.png")

@@ -1,0 +1,273 @@
+"""``clipsweep recommend | export | report | calibrate``: what a user does after (or instead of) a sweep.
+
+The first three read a stored study (``--study``, ``--storage``); nothing but the storage is needed,
+so they work from any worker's machine. What they derive is also logged to the sweep's parent MLflow
+run when the study knows it. Bad input exits 2 with one line before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from sweeper.errors import ConfigError
+
+_MASKED = "***"
+
+
+class UsageError(Exception):
+    """A bad flag or a missing argument: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so a bad flag is one line and exit code 2 like the rest."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _study_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    from sweeper.config import SweeperConf
+
+    parser = _Parser(prog=f"clipsweep {prog}", description=description)
+    parser.add_argument("--study", help="study name (hydra.sweeper.study_name of the sweep)")
+    parser.add_argument(
+        "--storage", default=None, help=f"Optuna storage URL (default: $CLIPSWEEP_STORAGE, else {SweeperConf.storage})"
+    )
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: the one the sweep used)")
+    parser.add_argument("--objective", default="val/loss", help="metric name the study optimised")
+    parser.add_argument("--top-k", type=int, default=3, help="best trials whose norms are pooled")
+    parser.add_argument("--transient", type=float, default=0.1, help="fraction of each trial's steps dropped")
+    parser.add_argument("--percentile", type=float, default=None, help="fixed percentile instead of the matched one")
+    parser.add_argument("--validate", type=int, default=0, metavar="K", help="retrain both configs on K fresh seeds")
+    return parser
+
+
+def _open_study(options: argparse.Namespace) -> Any:
+    """The stored study; refuses a missing storage file or an unknown study without creating either."""
+    import optuna
+
+    from sweeper.config import SweeperConf
+    from sweeper.study import mask_url, open_storage, storage_url
+
+    if not options.study:
+        raise ConfigError("--study", None, "the name of a stored study")
+    url = storage_url(options.storage or SweeperConf.storage)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
+        raise ConfigError("--storage", url, "an existing storage: no such file (run clipsweep sweep first)")
+    storage = open_storage(url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if options.study not in names:
+        raise ConfigError("--study", options.study, f"a study in {mask_url(url)}: one of {sorted(names)}")
+    return optuna.load_study(study_name=options.study, storage=storage), url
+
+
+def _recommend(options: argparse.Namespace) -> tuple[Any, Any, Any, str]:
+    from sweeper.recommend import RecommendSettings, recommend
+
+    study, url = _open_study(options)
+    settings = RecommendSettings(options.top_k, options.transient, options.percentile)
+    try:
+        recommendation = recommend(study, settings, options.objective)
+    except ValueError as err:
+        raise ConfigError("--study", options.study, f"a study with a usable completed trial ({err})") from None
+    validation = None
+    if options.validate:
+        if options.validate < 0:
+            raise ConfigError("--validate", options.validate, "a number of seeds >= 1")
+        from sweeper.validation import validate
+
+        tracking = {"uri": _tracking_uri(study, options), "enabled": True}
+        validation = validate(recommendation, options.validate, tracking, _parent_run_id(study))
+    return study, recommendation, validation, url
+
+
+def _tracking_uri(study: Any, options: argparse.Namespace) -> str:
+    from sweeper.config import TrackingConf
+    from sweeper.recommend import TRACKING_URI_ATTR
+
+    return options.tracking_uri or study.user_attrs.get(TRACKING_URI_ATTR) or TrackingConf.uri
+
+
+def _parent_run_id(study: Any) -> str | None:
+    from sweeper.recommend import PARENT_RUN_ATTR
+
+    return study.user_attrs.get(PARENT_RUN_ATTR)
+
+
+def _parent_tracker(study: Any, options: argparse.Namespace) -> Any:
+    """A tracker writing to the study's last parent run, or None when there is none to write to."""
+    from sweeper.tracking import make_tracker
+
+    run_id = _parent_run_id(study)
+    if run_id is None:
+        return None
+    tracker = make_tracker(_tracking_uri(study, options), "clipsweep", True)
+    try:
+        tracker.resume_run(run_id)
+    except ConfigError as err:
+        print(f"clipsweep: note: not logged to MLflow ({err})", file=sys.stderr)
+        return None
+    return tracker
+
+
+def recommend_command(args: Sequence[str]) -> int:
+    """Recompute the recommendation from the stored study; --validate K retrains it against the best."""
+    from sweeper.report import log_recommendation
+
+    options = _study_parser("recommend", recommend_command.__doc__).parse_args(list(args))
+    study, recommendation, validation, _ = _recommend(options)
+    print(recommendation.describe())
+    if validation is not None:
+        print(validation.describe())
+    tracker = _parent_tracker(study, options)
+    if tracker is not None:
+        log_recommendation(tracker, recommendation, validation)
+        tracker.end_run("FINISHED")
+        tracker.flush()
+    return 0
+
+
+def _resolve_run_id(options: argparse.Namespace) -> None:
+    """``--run-id``: the parent run names its study (and, unless masked, its storage) in its tags."""
+    from sweeper.config import TrackingConf
+    from sweeper.tracking import make_tracker
+
+    uri = options.tracking_uri or TrackingConf.uri
+    tags = make_tracker(uri, "clipsweep", True).run_tags(options.run_id)
+    if tags.get("clipsweep.role") != "sweep" or "clipsweep.study" not in tags:
+        raise ConfigError("--run-id", options.run_id, "the id of a sweep's parent run (tag clipsweep.role=sweep)")
+    options.study = options.study or tags["clipsweep.study"]
+    stored = tags.get("clipsweep.storage", "")
+    if options.storage is None and stored and _MASKED not in stored:
+        options.storage = stored
+    options.tracking_uri = uri
+
+
+def export_command(args: Sequence[str]) -> int:
+    """Export the best trial's or the recommended clip config as a clip/ group file, JSON or Python."""
+    from sweeper.export import ExportFormat, Which, choose, render, source, write
+    from sweeper.study import mask_url
+
+    parser = _study_parser("export", export_command.__doc__)
+    parser.add_argument("--run-id", default=None, help="a sweep's parent MLflow run id instead of --study")
+    parser.add_argument("--format", choices=[f.value for f in ExportFormat], default="yaml")
+    parser.add_argument("--which", choices=[w.value for w in Which], default="auto")
+    parser.add_argument("--out", default=None, help="file to write (default: standard output)")
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    options = parser.parse_args(list(args))
+    out = Path(options.out) if options.out else None
+    if out is not None and out.exists() and not options.force:  # refused before any work
+        raise ConfigError("--out", str(out), "a path that does not exist yet (or pass --force to overwrite)")
+    if options.run_id:
+        _resolve_run_id(options)
+    study, recommendation, validation, url = _recommend(options)
+    clip, which, reason = choose(recommendation, validation, Which(options.which))
+    text = render(clip, source(recommendation, which, reason, mask_url(url)), ExportFormat(options.format))
+    if validation is not None:
+        print(validation.describe(), file=sys.stderr)
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        write(text, out, options.force)
+        print(f"exported the {which.value} clip config ({reason}) to {out}", file=sys.stderr)
+    tracker = _parent_tracker(study, options)
+    if tracker is not None:
+        name = out.name if out is not None else f"best.{ {'python': 'py'}.get(options.format, options.format) }"
+        tracker.log_text(text, f"export/{name}")
+        tracker.end_run("FINISHED")
+        tracker.flush()
+    return 0
+
+
+def report_command(args: Sequence[str]) -> int:
+    """Top trials, the recommendation with its evidence, and a PNG of the pooled norm distribution."""
+    from sweeper.report import log_recommendation, recommendation_figure, trials_table
+
+    parser = _study_parser("report", report_command.__doc__)
+    parser.add_argument("--top", type=int, default=10, help="trials in the table")
+    parser.add_argument("--png", default=None, help="figure path (default: <study>-grad-norms.png)")
+    options = parser.parse_args(list(args))
+    study, recommendation, validation, _ = _recommend(options)
+    print(trials_table(study, [options.objective], options.top))
+    print(recommendation.describe())
+    if validation is not None:
+        print(validation.describe())
+    png = Path(options.png or f"{options.study}-grad-norms.png")
+    recommendation_figure(recommendation).savefig(png)
+    print(f"norm distribution: {png}")
+    tracker = _parent_tracker(study, options)
+    if tracker is not None:
+        log_recommendation(tracker, recommendation, validation)
+        tracker.end_run("FINISHED")
+        tracker.flush()
+    return 0
+
+
+def calibrate_command(args: Sequence[str]) -> int:
+    """One pilot run at a stable learning rate → a norm threshold for the configured one, no sweep."""
+    from sweeper.calibrate import CalibrateSettings, calibrate
+    from sweeper.cli import _check_buildable, _one_line, compose
+    from sweeper.config import SweeperConf
+    from sweeper.export import write
+    from sweeper.tracking import make_tracker
+
+    parser = _Parser(prog="clipsweep calibrate", description=calibrate_command.__doc__)
+    parser.add_argument("--lr-scale", type=float, default=CalibrateSettings.lr_scale)
+    parser.add_argument("--percentile", type=float, default=CalibrateSettings.percentile)
+    parser.add_argument("--cap", type=float, default=CalibrateSettings.cap)
+    parser.add_argument("--transient", type=float, default=CalibrateSettings.transient)
+    parser.add_argument("--steps", type=int, default=None, help="pilot steps (default: train.steps)")
+    parser.add_argument("--out", default=None, help="also write the threshold as a clip/ group file")
+    parser.add_argument("--force", action="store_true")
+    options, overrides = parser.parse_known_args(list(args))
+    settings = CalibrateSettings(options.lr_scale, options.percentile, options.cap, options.transient, options.steps)
+    out = Path(options.out) if options.out else None
+    if out is not None and out.exists() and not options.force:
+        raise ConfigError("--out", str(out), "a path that does not exist yet (or pass --force to overwrite)")
+    try:
+        config = compose(overrides)
+    except Exception as err:
+        raise ConfigError("overrides", " ".join(overrides), _one_line(err)) from None
+    error = _check_buildable(config)
+    if error is not None:
+        print(f"clipsweep: error: {error}", file=sys.stderr)
+        return 2
+    tracker = make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)
+    try:
+        calibration = calibrate(config, settings, tracker)
+    except ValueError as err:
+        print(f"clipsweep: calibration failed: {err}", file=sys.stderr)
+        return 1
+    sweep_steps = SweeperConf.n_trials * int(config.train.steps)
+    print(calibration.describe(sweep_steps))
+    if tracker.run_id is not None:
+        tracker.resume_run(tracker.run_id)
+        tracker.log_metrics((k, v, 0) for k, v in calibration.metrics().items() if math.isfinite(v))
+        tracker.end_run("FINISHED")
+        tracker.flush()
+        print(f"pilot run: {tracker.describe()}")
+    if out is not None:
+        from datetime import datetime, timezone
+
+        from sweeper.export import ExportFormat, render
+
+        origin = {
+            "study": "calibrate",
+            "storage": None,
+            "trial": "pilot",
+            "objective": "val/loss",
+            "direction": "minimize",
+            "value": calibration.result.val.get("val/loss", math.nan),
+            "which": "calibrated",
+            "reason": f"p{settings.percentile:g} of a pilot at lr x{settings.lr_scale:g}",
+            "optim": dict(config.optim),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write(render(calibration.clip, origin, ExportFormat.yaml), out, options.force)
+        print(f"wrote {out}")
+    return 0

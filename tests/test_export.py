@@ -1,0 +1,130 @@
+"""Exported files load back to the same clip config: through Hydra's composition, JSON, and as Python."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from sweeper.cli import compose
+from sweeper.errors import ConfigError
+from sweeper.export import ExportFormat, Which, choose, load_clip, render, write
+from sweeper.recommend import Recommendation, TrialNorms
+from sweeper.telemetry import NormHistogram
+from sweeper.validation import Arm, Validation
+
+ORIGIN = {
+    "study": "s",
+    "storage": "sqlite:///clipsweep.db",
+    "trial": 7,
+    "objective": "val/loss",
+    "direction": "minimize",
+    "value": 0.0123,
+    "which": "recommended",
+    "reason": "validated at least as good",
+    "optim": {"_target_": "torch.optim.Adam", "lr": 0.03},
+    "date": "2026-11-26T12:00:00+00:00",
+}
+CLIPS = [
+    {"method": "norm", "threshold": 0.4416, "norm_type": 2.0},
+    {"method": "value", "threshold": 0.25},
+    {"method": "percentile", "percentile": 85.0, "history": 200, "cap": 5.0},
+    {"method": "zclip", "alpha": 0.9, "z_threshold": 2.0, "warmup_steps": 5, "eps": 1e-6, "cap": 3.0},
+]
+
+
+@pytest.mark.parametrize("clip", CLIPS, ids=lambda c: c["method"])
+def test_export_yaml_is_a_clip_group_file_hydra_composes_back(tmp_path: Path, clip: dict[str, Any]) -> None:
+    text = render(clip, ORIGIN, ExportFormat.yaml)
+    assert text.startswith("# exported by clipsweep") and "study 's', trial 7: val/loss=0.0123" in text
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "best.yaml").write_text(text)
+    composed = compose(["clip=best"], config_dir=str(tmp_path))
+    assert OmegaConf.to_container(composed.clip, enum_to_str=True) == clip
+    assert load_clip(tmp_path / "clip" / "best.yaml") == clip
+
+
+@pytest.mark.parametrize("clip", CLIPS, ids=lambda c: c["method"])
+def test_export_json_round_trips_with_its_source(tmp_path: Path, clip: dict[str, Any]) -> None:
+    path = write(render(clip, ORIGIN, ExportFormat.json), tmp_path / "best.json", force=False)
+    assert load_clip(path) == clip
+    assert json.loads(path.read_text())["source"] == ORIGIN
+
+
+def _model_with_grads(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = torch.nn.LSTM(3, 8)
+    out, _ = model(torch.randn(5, 2, 3) * 10)
+    out.square().sum().backward()
+    return model
+
+
+@pytest.mark.parametrize("clip", CLIPS[:2], ids=lambda c: c["method"])
+def test_export_python_snippet_runs_and_clips_like_torch(clip: dict[str, Any]) -> None:
+    namespace: dict[str, Any] = {}
+    exec(render(clip, ORIGIN, ExportFormat.python), namespace)  # the file as a user would run it
+    ours, oracle = _model_with_grads(0), _model_with_grads(0)
+    norm = namespace["clip_gradients"](ours.parameters())
+    if clip["method"] == "norm":
+        expected = torch.nn.utils.clip_grad_norm_(oracle.parameters(), clip["threshold"])
+    else:
+        expected = torch.nn.utils.get_total_norm([p.grad for p in oracle.parameters()])
+        torch.nn.utils.clip_grad_value_(oracle.parameters(), clip["threshold"])
+    assert torch.equal(norm, expected)
+    for a, b in zip(ours.parameters(), oracle.parameters()):
+        assert torch.equal(a.grad, b.grad)
+
+
+def test_export_python_snippet_for_adaptive_methods_uses_the_library_clipper() -> None:
+    namespace: dict[str, Any] = {}
+    exec(render(CLIPS[2], ORIGIN, ExportFormat.python), namespace)
+    model = _model_with_grads(0)
+    norm = namespace["clip_gradients"](model.parameters())
+    assert float(norm) > 0 and namespace["_clipper"].clip == CLIPS[2]
+
+
+def test_export_write_refuses_an_existing_file_unless_forced(tmp_path: Path) -> None:
+    path = tmp_path / "best.yaml"
+    path.write_text("keep me")
+    with pytest.raises(ConfigError, match=r"--out=.*best\.yaml.*--force"):
+        write("new", path, force=False)
+    assert path.read_text() == "keep me"
+    write("new", path, force=True)
+    assert path.read_text() == "new"
+
+
+def _recommendation() -> Recommendation:
+    histogram = NormHistogram()
+    histogram.add(np.linspace(0.1, 1.0, 100))
+    best = TrialNorms(3, 0.01, {"clip": {"method": "norm", "threshold": 0.5, "norm_type": 2.0}}, histogram, 40)
+    return Recommendation(
+        "s", "val/loss", "minimize", {"method": "norm", "threshold": 0.6, "norm_type": 2.0}, 0.6, 60.0, 0.4,
+        "rule", best, [best], histogram, 0.5,
+    )  # fmt: skip
+
+
+def _validation(recommended: list[float], best: list[float]) -> Validation:
+    rec = _recommendation()
+    return Validation(
+        "val/loss", "minimize", [1, 2], Arm("recommended", rec.clip, recommended), Arm("best", rec.best.clip, best)
+    )
+
+
+def test_export_choose_prefers_a_validated_recommendation_else_the_best() -> None:
+    rec = _recommendation()
+    clip, which, reason = choose(rec, None, Which.auto)
+    assert which is Which.best and clip == rec.best.clip and "not validated" in reason
+    clip, which, reason = choose(rec, _validation([0.01, 0.02], [0.02, 0.03]), Which.auto)
+    assert which is Which.recommended and clip == rec.clip and "at least as good" in reason
+    clip, which, reason = choose(rec, _validation([0.05, 0.06], [0.02, 0.03]), Which.auto)
+    assert which is Which.best and "validated worse" in reason
+    diverged = _validation([0.001, float("nan")], [0.02, 0.03])
+    assert choose(rec, diverged, Which.auto)[1] is Which.best  # a diverged seed disqualifies it
+    assert choose(rec, None, Which.recommended)[0] == rec.clip
+    assert choose(copy.deepcopy(rec), None, Which.best)[0] == rec.best.clip

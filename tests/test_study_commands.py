@@ -1,0 +1,121 @@
+"""``clipsweep recommend | export | report | calibrate`` on a real sweep's SQLite study and MLflow store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from conftest import TINY, load_study, mlflow_runs, run_sweep
+from optuna.trial import TrialState
+
+from sweeper.cli import main
+from sweeper.recommend import PARENT_RUN_ATTR, RecommendSettings, recommend
+
+STUDY = "cmd"
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("swept")
+    run_sweep(cwd, "hydra.sweeper.n_trials=4", f"hydra.sweeper.study_name={STUDY}", "train.steps=40")
+    return cwd
+
+
+@pytest.fixture
+def in_swept(swept: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(swept)
+    return swept
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sweeper", *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=os.environ
+    )
+
+
+def test_recommend_command_validates_and_logs_to_the_parent_run(in_swept: Path, capsys) -> None:
+    assert main(["recommend", "--study", STUDY, "--validate", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "recommended: clip=norm threshold=" in out and "validation on seeds [1]" in out
+    client, runs = mlflow_runs(in_swept)
+    parent_id = load_study(in_swept, STUDY).user_attrs[PARENT_RUN_ATTR]
+    parent = client.get_run(parent_id)
+    assert {"validate/recommended_mean", "validate/best_mean"} <= set(parent.data.metrics)
+    validation_runs = [r for r in runs if r.data.tags.get("clipsweep.role") == "validate"]
+    assert sorted(r.info.run_name for r in validation_runs) == ["validate-best-seed1", "validate-recommended-seed1"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent_id for r in validation_runs)
+
+
+def test_export_command_yaml_trains_with_clip_best(in_swept: Path, capsys) -> None:
+    out = in_swept / "conf" / "clip" / "best.yaml"
+    assert main(["export", "--study", STUDY, "--out", str(out.relative_to(in_swept))]) == 0
+    assert "exported the best clip config" in capsys.readouterr().err
+    exported = yaml.safe_load(out.read_text())
+    study = load_study(in_swept, STUDY)
+    assert exported["threshold"] == pytest.approx(study.best_params["clip.threshold"])
+    client, _ = mlflow_runs(in_swept)
+    artifacts = {a.path for a in client.list_artifacts(study.user_attrs[PARENT_RUN_ATTR], "export")}
+    assert "export/best.yaml" in artifacts
+
+    # ./conf is on the search path: `clipsweep run clip=best` finds the exported file.
+    done = _cli("run", "clip=best", *TINY, "tracking.enabled=false", "--cfg", "job", cwd=in_swept)
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load(done.stdout)["clip"] == {k: v for k, v in exported.items() if k != "defaults"}
+
+
+def test_export_command_json_by_study_and_by_parent_run_id(in_swept: Path, capsys) -> None:
+    assert main(["export", "--study", STUDY, "--format", "json", "--which", "recommended"]) == 0
+    by_study = json.loads(capsys.readouterr().out)
+    study = load_study(in_swept, STUDY)
+    expected = recommend(study, RecommendSettings()).clip
+    assert by_study["clip"] == expected
+    assert by_study["source"]["study"] == STUDY and by_study["source"]["which"] == "recommended"
+    assert by_study["source"]["trial"] == study.best_trial.number
+
+    parent_id = study.user_attrs[PARENT_RUN_ATTR]
+    assert main(["export", "--run-id", parent_id, "--format", "json", "--which", "recommended"]) == 0
+    assert json.loads(capsys.readouterr().out)["clip"] == expected
+
+
+def test_report_command_prints_the_table_and_writes_the_figure(in_swept: Path, capsys) -> None:
+    assert main(["report", "--study", STUDY, "--png", "norms.png"]) == 0
+    out = capsys.readouterr().out
+    assert "top 4 of 4 completed trials" in out and "recommended: clip=norm" in out
+    assert (in_swept / "norms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_study_commands_refuse_bad_input_without_writing(in_swept: Path, capsys) -> None:
+    failed = optuna.create_study(study_name="all-failed", storage=f"sqlite:///{in_swept / 'clipsweep.db'}")
+    failed.tell(failed.ask(), state=TrialState.FAIL)
+    (in_swept / "taken.yaml").write_text("keep")
+    cases = [
+        (["recommend", "--study", "nope"], "--study='nope' is not allowed: a study in sqlite:///clipsweep.db: one of"),
+        (["recommend", "--study", "all-failed"], "no completed trial with recorded gradient norms"),
+        (["export", "--study", STUDY, "--out", "taken.yaml"], "--out='taken.yaml' is not allowed"),
+        (["report", "--study", STUDY, "--storage", "sqlite:///missing.db"], "no such file (run clipsweep sweep first)"),
+        (["export", "--run-id", "0123456789abcdef"], "--run-id='0123456789abcdef' is not allowed"),
+        (["recommend"], "--study=None is not allowed"),
+        (["export", "--study", STUDY, "--format", "toml"], "argument --format: invalid choice: 'toml'"),
+    ]
+    for args, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (args, err)
+    assert (in_swept / "taken.yaml").read_text() == "keep"
+    assert not (in_swept / "missing.db").exists()
+
+
+def test_calibrate_command_prints_the_threshold_and_writes_a_clip_file(tmp_path: Path) -> None:
+    done = _cli("calibrate", *TINY, "--steps", "20", "--out", "conf/clip/calibrated.yaml", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "calibrated: clip=norm clip.threshold=" in done.stdout and "pilot: 20 steps" in done.stdout
+    threshold = yaml.safe_load((tmp_path / "conf" / "clip" / "calibrated.yaml").read_text())["threshold"]
+    assert f"clip.threshold={threshold:.4g}" in done.stdout
+    bad = _cli("calibrate", "model.hidden_size=-3", cwd=tmp_path)
+    assert bad.returncode == 2 and "model" in bad.stderr and bad.stderr.count("\n") == 1
