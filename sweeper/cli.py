@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sweeper import study_commands
-from sweeper.errors import ConfigError
+from sweeper.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
+    from sweeper.hydra_sweeper import SweepPlan
     from sweeper.training import RunResult
 
 
@@ -27,6 +28,7 @@ USAGE = """usage: clipsweep <command> [hydra overrides and flags]
 commands:
   run    train one configuration (Hydra app: clipsweep run model=gru clip=value clip.threshold=0.5)
   sweep  search with Optuna (= clipsweep run --multirun): clipsweep sweep hydra.sweeper.n_trials=40
+  init   create a study before workers join it: clipsweep init hydra.sweeper.study_name=big
   ui     open the MLflow UI on the tracking store: clipsweep ui [--port 5000] [--tracking-uri URI]
   recommend  the recommended threshold of a stored study: clipsweep recommend --study NAME [--validate 3]
   export     write the best/recommended clip config: clipsweep export --study NAME --out conf/clip/best.yaml
@@ -133,14 +135,18 @@ def _validate_command_line(args: Sequence[str]) -> str | None:
     return _check_buildable(config)
 
 
-def _check_buildable(config: DictConfig) -> str | None:
-    """Build the run's parts and check its tracking store: the checks shared by run and sweep."""
+def _require_buildable(config: DictConfig) -> None:
+    """Build the run's parts and check its tracking store (the checks shared by run and sweep)."""
     from sweeper.tracking import make_tracker
     from sweeper.training import build
 
+    build(config)
+    make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)
+
+
+def _check_buildable(config: DictConfig) -> str | None:
     try:
-        build(config)
-        make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)
+        _require_buildable(config)
     except ConfigError as err:
         return str(err)
     return None
@@ -247,13 +253,28 @@ def run_command(args: Sequence[str], validated: bool = False) -> int:
     sys.argv = ["clipsweep run", *flags, *located, *rest]
     try:
         entry()
+    except KeyboardInterrupt as err:
+        # The running trial was marked and re-enqueued, its MLflow run closed as KILLED.
+        print(f"[clipsweep] interrupted ({err or 'SIGINT'}): stopped cleanly", file=sys.stderr, flush=True)
+        return 130
     finally:
         sys.argv = saved
     return 0
 
 
 def _validate_sweep_line(args: Sequence[str]) -> str | None:
-    """What Hydra and the sweeper would reject, found before either runs: one line, exit code 2.
+    """What Hydra and the sweeper would reject, found before either runs: one line, exit code 2."""
+    if any(a.partition("=")[0] in _INFO_FLAGS for a in args):
+        return None
+    try:
+        _plan_sweep_line(args)
+    except (ConfigError, UsageError) as err:
+        return str(err)
+    return None
+
+
+def _plan_sweep_line(args: Sequence[str]) -> SweepPlan:
+    """The validated sweep plan of a command line; raises ConfigError.
 
     The base config is composed with the fixed overrides (sweep grammar cannot be composed), built
     and its tracking store checked; then the sweeper's settings and search space are planned and
@@ -264,29 +285,39 @@ def _validate_sweep_line(args: Sequence[str]) -> str | None:
     from sweeper.hydra_sweeper import plan_sweep
     from sweeper.study import open_storage, open_study_if_exists
 
-    if any(a.partition("=")[0] in _INFO_FLAGS for a in args):
-        return None
     overrides, config_dir, config_name = _split_hydra_args([a for a in args if a not in _MULTIRUN_FLAGS])
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
         fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
         config = compose(fixed, config_dir, config_name, return_hydra_config=True)
     except Exception as err:
-        return _one_line(err)
+        raise UsageError(_one_line(err)) from None
     task_arguments = [o.input_line for o in parsed if not o.key_or_group.startswith("hydra")]
     settings = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
     with open_dict(config):
         del config["hydra"]
-    error = _check_buildable(config)
-    if error is not None:
-        return error
-    try:
-        plan = plan_sweep(settings, task_arguments)
-        storage = open_storage(plan.storage_url, plan.heartbeat_interval, plan.grace_period, plan.max_retry)
-        open_study_if_exists(storage, plan.study_name, plan.directions)
-    except ConfigError as err:
-        return str(err)
-    return None
+    _require_buildable(config)
+    plan = plan_sweep(settings, task_arguments)
+    storage = open_storage(plan.storage_url, plan.heartbeat_interval, plan.grace_period, plan.max_retry)
+    open_study_if_exists(storage, plan.study_name, plan.directions)
+    return plan
+
+
+def init_command(args: Sequence[str]) -> int:
+    """Create the study (and the storage's tables) once, before N workers start and race to do it."""
+    from sweeper.hydra_sweeper import open_planned_study
+    from sweeper.study import counted_trials, mask_url
+
+    plan = _plan_sweep_line(args)
+    if not any(a.startswith("hydra.sweeper.study_name=") for a in args):
+        raise ConfigError("hydra.sweeper.study_name", None, "a name the workers will share")
+    study = open_planned_study(plan)
+    print(
+        f"[clipsweep] study {plan.study_name!r} ready on {mask_url(plan.storage_url)} "
+        f"({len(counted_trials(study))}/{plan.n_trials} trials)",
+        flush=True,
+    )
+    return 0
 
 
 def sweep_command(args: Sequence[str]) -> int:
@@ -316,6 +347,7 @@ def ui_command(args: Sequence[str]) -> int:
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "run": run_command,
     "sweep": sweep_command,
+    "init": init_command,
     "ui": ui_command,
     "recommend": study_commands.recommend_command,
     "export": study_commands.export_command,
@@ -334,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"command={args[0]!r} is not allowed: one of {sorted(COMMANDS)}")
     try:
         return command(args[1:])
-    except (ConfigError, study_commands.UsageError) as err:
+    except (ConfigError, UsageError) as err:
         return _fail(str(err))
 
 

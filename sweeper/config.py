@@ -7,6 +7,7 @@ lives here, once; the YAML files only choose between schemas and set what differ
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -148,12 +149,23 @@ class TrainConf:
     accumulate: int = 1
     """Micro-batches per optimizer step; clipping runs once per step, on their summed gradients."""
     nonfinite: NonFinite = NonFinite.skip
+    threads: int | None = None
+    """torch intra-op threads; None: torch's default, or cores / n_jobs under a parallel sweep launcher."""
+
+
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def default_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` (a server shared by workers), else the local SQLite file."""
+    return os.environ.get(TRACKING_URI_ENV) or DEFAULT_TRACKING_URI
 
 
 @dataclass
 class TrackingConf:
-    uri: str = "sqlite:///mlflow.db"
-    """MLflow tracking URI; the default is a SQLite file in the working directory."""
+    uri: str = f"${{oc.env:{TRACKING_URI_ENV},{DEFAULT_TRACKING_URI}}}"
+    """MLflow tracking URI: ``$MLFLOW_TRACKING_URI`` when set, else a SQLite file in the working directory."""
     experiment: str = "clipsweep"
     log_every: int = 50
     """Steps between host reads of the telemetry buffers (and MLflow writes, and per-layer norms)."""

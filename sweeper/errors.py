@@ -21,3 +21,10 @@ class ConfigError(ValueError):
     def under(self, prefix: str) -> ConfigError:
         """The same error with its key placed under a config group (``threshold`` → ``clip.threshold``)."""
         return ConfigError(f"{prefix}.{self.key}", self.value, self.allowed)
+
+
+class UsageError(Exception):
+    """A bad command line that is not one config value (an unknown flag, overrides Hydra rejects).
+
+    The CLI prints its message as one line and exits 2, like a ConfigError.
+    """

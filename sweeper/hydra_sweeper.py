@@ -10,8 +10,11 @@ finish the MLflow parent run. Jobs report intermediate values to their trial the
 from __future__ import annotations
 
 import math
+import os
+import signal
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -30,7 +33,15 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from sweeper import study as studies
 from sweeper.errors import ConfigError
 from sweeper.export import ExportFormat, Which, choose, render, source
-from sweeper.recommend import CONFIG_ATTR, NORMS_ATTR, PARENT_RUN_ATTR, TRACKING_URI_ATTR, RecommendSettings, recommend
+from sweeper.recommend import (
+    CONCLUDED_ATTR,
+    CONFIG_ATTR,
+    NORMS_ATTR,
+    PARENT_RUN_ATTR,
+    TRACKING_URI_ATTR,
+    RecommendSettings,
+    recommend,
+)
 from sweeper.report import log_recommendation, trials_table
 from sweeper.search_space import SearchSpace, format_value, parse_search_space
 from sweeper.tracking import Tracker, make_tracker
@@ -45,6 +56,18 @@ def _as_list(value: Any) -> list[Any]:
     if isinstance(value, str) or not isinstance(value, Sequence):
         return [value]
     return list(value)
+
+
+def _sigterm_as_interrupt() -> Callable[[], None]:
+    """Make SIGTERM (docker stop, a scheduler's preemption) end the sweep like Ctrl-C; returns the undo."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -215,6 +238,7 @@ class OptunaSweeper(Sweeper):
         )
         status = "FINISHED"
         conclusion = ""
+        restore = _sigterm_as_interrupt()
         try:
             message = self._loop(plan, study, parent)
             conclusion = self._conclude(plan, study, parent, sweep_dir)
@@ -222,6 +246,7 @@ class OptunaSweeper(Sweeper):
             status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
             raise
         finally:
+            restore()
             summary = self._finish(plan, study, parent, sweep_dir)
             parent.end_run(status)
         if message:
@@ -242,11 +267,11 @@ class OptunaSweeper(Sweeper):
         own: set[int] = set()
         with studies.Heartbeat(study._storage, plan.heartbeat_interval) as heartbeat:
             while True:
-                for stale in studies.fail_stale(study):
+                for stale in studies.retrying(studies.fail_stale, study):
                     run_id = stale.user_attrs.get(studies.RUN_ID_ATTR)
                     if run_id:  # its worker died mid-trial and cannot close its run itself
                         parent.end_other_run(run_id, "KILLED", {"clipsweep.trial_state": "FAIL (stale heartbeat)"})
-                failures = len(studies.failed_trials(study))
+                failures = len(studies.retrying(studies.failed_trials, study))
                 if failures > plan.max_failures:
                     return (
                         f"stopped: {failures} failed trials exceed max_failure_rate "
@@ -258,11 +283,11 @@ class OptunaSweeper(Sweeper):
                 batch: list[tuple[Trial, list[str]]] = []
                 asked = False
                 for _ in range(plan.n_jobs):
-                    trial = studies.ask_within_budget(study, plan.n_trials)
+                    trial = studies.retrying(studies.ask_within_budget, study, plan.n_trials)
                     if trial is None:
                         break
                     asked = True
-                    overrides = self._trial_overrides(plan, study, trial, parent)
+                    overrides = studies.retrying(self._trial_overrides, plan, study, trial, parent)
                     if overrides is not None:
                         batch.append((trial, overrides))
                         own.add(trial._trial_id)
@@ -270,16 +295,23 @@ class OptunaSweeper(Sweeper):
                 if not batch:
                     if asked:  # every asked trial failed to compose: the budget decides what next
                         continue
-                    if studies.foreign_running(study, own) or self._retry_waiting(study):
+                    if studies.retrying(studies.foreign_running, study, own) or studies.retrying(
+                        self._retry_waiting, study
+                    ):
                         time.sleep(_POLL_SECONDS)  # another worker's trial may still fail and come back
                         continue
                     return None
-                returns = self.launcher.launch([o for _, o in batch], initial_job_idx=self.job_idx)
+                try:
+                    returns = self.launcher.launch([o for _, o in batch], initial_job_idx=self.job_idx)
+                except KeyboardInterrupt:  # SIGINT, or SIGTERM turned into it by sweep()
+                    for trial, _ in batch:
+                        self._give_back(study, trial)
+                    raise
                 self.job_idx += len(batch)
                 for (trial, _), job in zip(batch, returns):
-                    self._tell(plan, study, trial, job, parent)
+                    studies.retrying(self._tell, plan, study, trial, job, parent)
                     heartbeat.discard(trial._trial_id)
-                print(self._progress(plan, study), flush=True)
+                print(studies.retrying(self._progress, plan, study), flush=True)
 
     @staticmethod
     def _retry_waiting(study: optuna.Study) -> bool:
@@ -300,11 +332,31 @@ class OptunaSweeper(Sweeper):
             if parent.run_id:
                 env[studies.PARENT_RUN_ENV] = parent.run_id
             overrides += [f"++hydra.job.env_set.{k}={format_value(str(v))}" for k, v in env.items()]
+            overrides += self._thread_overrides(plan)
             self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             return overrides
+        except studies.TRANSIENT:
+            raise  # the database, not the config: retried by the caller
         except Exception as err:  # a sampled value the config rejects: a failed trial, not a dead sweep
             self._fail(study, trial, f"config did not compose: {err}".splitlines()[0])
             return None
+
+    def _thread_overrides(self, plan: SweepPlan) -> list[str]:
+        """Parallel local jobs share the cores: each gets cores / n_jobs torch threads unless set."""
+        launcher = str(self.config.hydra.launcher.get("_target_", ""))
+        if plan.n_jobs < 2 or launcher.endswith("BasicLauncher") or self.config.train.get("threads") is not None:
+            return []
+        return [f"train.threads={max(1, (os.cpu_count() or 1) // plan.n_jobs)}"]
+
+    @staticmethod
+    def _give_back(study: optuna.Study, trial: Trial) -> None:
+        """An interrupted trial: FAIL (not left RUNNING, not spending the failure budget), re-enqueued.
+
+        The copy is WAITING, so it counts towards ``n_trials`` and the next worker to ask runs it.
+        """
+        trial.set_user_attr(studies.INTERRUPTED_ATTR, True)
+        studies.tell(study, trial, state=TrialState.FAIL)
+        study.enqueue_trial(dict(trial.params), user_attrs={studies.RETRY_OF_ATTR: trial.number})
 
     @staticmethod
     def _fail(study: optuna.Study, trial: Trial, reason: str) -> None:
@@ -420,10 +472,20 @@ class OptunaSweeper(Sweeper):
     def _conclude(self, plan: SweepPlan, study: optuna.Study, parent: Tracker, sweep_dir: Path) -> str:
         """Recommend (validate if asked), export ``<sweep dir>/clip/best.yaml``, log to the parent run.
 
-        The recommendation is over every worker's trials in the study, not only this invocation's.
+        The recommendation is over every worker's trials in the study, not only this invocation's,
+        and made once: workers end together (each waits for the others' running trials), and the
+        first to get here marks the study, so the others skip it (a check-then-set: two workers
+        finishing within the same few milliseconds could both compute the same result).
         """
         if len(plan.directions) != 1:
             return ""
+        completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        done = study.user_attrs.get(CONCLUDED_ATTR, {})
+        if done.get("completed", -1) >= completed:  # another worker of this study got here first
+            return (
+                f"[clipsweep] recommendation over these {completed} trials already made (parent run {done.get('run')})"
+            )
+        study.set_user_attr(CONCLUDED_ATTR, {"completed": completed, "run": parent.run_id})
         try:
             recommendation = recommend(study, plan.recommend, plan.objectives[0])
         except ValueError as err:

@@ -37,6 +37,8 @@ PARENT_RUN_ATTR = "clipsweep.parent_run_id"
 """Study user attribute: the MLflow parent run of the latest sweep invocation."""
 TRACKING_URI_ATTR = "clipsweep.tracking_uri"
 """Study user attribute: where that parent run lives."""
+CONCLUDED_ATTR = "clipsweep.concluded"
+"""Study user attribute: how many completed trials the last end-of-sweep recommendation covered."""
 
 # Methods whose own parameter is recommended (the median over the best trials), not a norm percentile.
 _OWN_PARAMETER = {ClipMethod.value: "threshold", ClipMethod.zclip: "z_threshold", ClipMethod.agc: "clip_factor"}

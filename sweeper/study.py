@@ -8,18 +8,20 @@ each failure the sweep itself recorded spends the failure budget (``max_failure_
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import optuna
 from hydra.utils import instantiate
-from optuna.exceptions import ExperimentalWarning
+from optuna.exceptions import ExperimentalWarning, StorageInternalError
 from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
+from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError
 
 from sweeper.errors import ConfigError
 
@@ -29,9 +31,14 @@ SURPLUS_ATTR = "clipsweep.surplus"
 FAIL_REASON_ATTR = "clipsweep.fail_reason"
 """Set on trials the sweep failed (exception, NaN, missing metric): they spend the failure budget."""
 STATUS_ATTR = "clipsweep.status"
+INTERRUPTED_ATTR = "clipsweep.interrupted"
+"""Set on a trial whose worker was stopped by SIGINT/SIGTERM: failed, and a copy re-enqueued."""
+RETRY_OF_ATTR = "clipsweep.retry_of"
 RUN_ID_ATTR = "mlflow_run_id"
 
 _OPEN_ATTEMPTS = 4
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
 STORAGE_ENV = "CLIPSWEEP_STORAGE"
 TRIAL_ID_ENV = "CLIPSWEEP_TRIAL_ID"
 TRIAL_NUMBER_ENV = "CLIPSWEEP_TRIAL_NUMBER"
@@ -63,14 +70,28 @@ def storage_url(configured: str | None) -> str:
     return url
 
 
+JOURNAL_PREFIX = "journal:"
+
+# Errors a database restart or a dropped connection produces; anything else is not retried.
+TRANSIENT = (OperationalError, DisconnectionError, StorageInternalError)
+
+
 def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 60, max_retry: int = 3) -> BaseStorage:
-    """An RDB storage with heartbeats, whose stale trials are failed and re-enqueued (max_retry)."""
+    """The study storage for ``url``; raises ConfigError (password masked) when it cannot be opened.
+
+    Any SQLAlchemy URL gives an RDB storage with heartbeats, whose stale trials are failed and
+    re-enqueued (``max_retry``); ``journal:<file>`` gives Optuna's journal storage (a log file with
+    file locks: safe for local processes, but without heartbeats, so a killed worker's trial stays
+    RUNNING until the study is cleaned up by hand).
+    """
+    if url.startswith(JOURNAL_PREFIX):
+        return _journal_storage(url)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         # Several processes write one SQLite file (sweeper, jobs reporting intermediate values).
         engine_kwargs["connect_args"] = {"timeout": 60}
     else:
-        engine_kwargs["pool_pre_ping"] = True
+        engine_kwargs["pool_pre_ping"] = True  # a connection dropped by a database restart is replaced
     error: Exception | None = None
     # Workers started together race to create the schema; a few short retries settle it.
     for attempt in range(_OPEN_ATTEMPTS):
@@ -91,16 +112,52 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 60,
                     grace_period=grace_period,
                     **retry,
                 )
-        except (ValueError, ImportError) as err:  # a malformed URL or a missing driver: retrying cannot help
+        except (ValueError, ImportError, ArgumentError) as err:  # a malformed URL or a missing driver
             error = err
             break
         except Exception as err:
             error = err
             time.sleep(0.2 * 2**attempt)
-    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    raise ConfigError(
-        "hydra.sweeper.storage", mask_url(url), f"a database URL Optuna can open ({mask_url(reason)})"
-    ) from None
+    raise _storage_error(url, error)
+
+
+def _storage_error(url: str, error: BaseException | None) -> ConfigError:
+    cause = error.__cause__ if isinstance(error, ImportError) and error.__cause__ is not None else error
+    reason = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else type(cause).__name__
+    if isinstance(cause, ModuleNotFoundError):  # Optuna's own message hides which module
+        reason = f"the database driver is not installed: {reason} (PostgreSQL: pip install 'clipsweep[postgres]')"
+    return ConfigError("hydra.sweeper.storage", mask_url(url), f"a database URL Optuna can open ({mask_url(reason)})")
+
+
+def _journal_storage(url: str) -> BaseStorage:
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    path = url[len(JOURNAL_PREFIX) :].removeprefix("//")
+    if not path or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise ConfigError("hydra.sweeper.storage", url, "journal:<file> in an existing directory")
+    try:
+        return JournalStorage(JournalFileBackend(path))
+    except Exception as err:
+        raise _storage_error(url, err) from None
+
+
+def retrying(call: Callable[..., T], *args: Any, patience: float = 300.0, **kwargs: Any) -> T:
+    """``call(*args)``, retried with backoff while the database is unreachable (e.g. restarting).
+
+    Gives up after ``patience`` seconds and re-raises: a database that stays down ends the worker
+    with its error rather than hanging it.
+    """
+    delay, waited = 0.5, 0.0
+    while True:
+        try:
+            return call(*args, **kwargs)
+        except TRANSIENT as err:
+            if waited >= patience:
+                raise
+            _log.warning("storage unavailable (%s); retrying in %.1f s", str(err).splitlines()[0][:200], delay)
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 15.0)
 
 
 def open_study(
@@ -233,9 +290,11 @@ class Heartbeat:
         self._thread.join()
 
     def add(self, trial_id: int) -> None:
+        if not hasattr(self.storage, "record_heartbeat"):  # journal storage: no heartbeats to record
+            return
         with self._lock:
             self.trial_ids.add(trial_id)
-        self.storage.record_heartbeat(trial_id)
+        retrying(self.storage.record_heartbeat, trial_id)
 
     def discard(self, trial_id: int) -> None:
         with self._lock:
@@ -294,12 +353,12 @@ class TrialReporter:
 
     def record_run_id(self, run_id: str | None) -> None:
         if run_id:
-            self.trial.set_user_attr(RUN_ID_ATTR, run_id)
+            retrying(self.trial.set_user_attr, RUN_ID_ATTR, run_id)
 
     def on_eval(self, step: int, metrics: Mapping[str, float]) -> bool:
         """Report the objective at ``step``; True when the pruner says stop."""
         value = metrics.get(self.objective)
         if not self._reports or value is None or value != value:  # NaN is divergence, not a value
             return False
-        self.trial.report(float(value), step)
-        return self.trial.should_prune()
+        retrying(self.trial.report, float(value), step)
+        return retrying(self.trial.should_prune)

@@ -14,13 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sweeper.errors import ConfigError
+from sweeper.errors import ConfigError, UsageError
 
 _MASKED = "***"
-
-
-class UsageError(Exception):
-    """A bad flag or a missing argument: printed as one line, exit code 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,10 +83,10 @@ def _recommend(options: argparse.Namespace) -> tuple[Any, Any, Any, str]:
 
 
 def _tracking_uri(study: Any, options: argparse.Namespace) -> str:
-    from sweeper.config import TrackingConf
+    from sweeper.config import default_tracking_uri
     from sweeper.recommend import TRACKING_URI_ATTR
 
-    return options.tracking_uri or study.user_attrs.get(TRACKING_URI_ATTR) or TrackingConf.uri
+    return options.tracking_uri or study.user_attrs.get(TRACKING_URI_ATTR) or default_tracking_uri()
 
 
 def _parent_run_id(study: Any) -> str | None:
@@ -134,10 +130,10 @@ def recommend_command(args: Sequence[str]) -> int:
 
 def _resolve_run_id(options: argparse.Namespace) -> None:
     """``--run-id``: the parent run names its study (and, unless masked, its storage) in its tags."""
-    from sweeper.config import TrackingConf
+    from sweeper.config import default_tracking_uri
     from sweeper.tracking import make_tracker
 
-    uri = options.tracking_uri or TrackingConf.uri
+    uri = options.tracking_uri or default_tracking_uri()
     tags = make_tracker(uri, "clipsweep", True).run_tags(options.run_id)
     if tags.get("clipsweep.role") != "sweep" or "clipsweep.study" not in tags:
         raise ConfigError("--run-id", options.run_id, "the id of a sweep's parent run (tag clipsweep.role=sweep)")
@@ -232,7 +228,7 @@ def calibrate_command(args: Sequence[str]) -> int:
     try:
         config = compose(overrides)
     except Exception as err:
-        raise ConfigError("overrides", " ".join(overrides), _one_line(err)) from None
+        raise UsageError(_one_line(err)) from None
     error = _check_buildable(config)
     if error is not None:
         print(f"clipsweep: error: {error}", file=sys.stderr)

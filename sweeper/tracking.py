@@ -7,6 +7,7 @@ batched write on SQLite and ~53 ms a step over HTTP).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -15,12 +16,17 @@ import time
 import urllib.error
 import urllib.request
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from sweeper.errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one local worker at a time there
+    fcntl = None  # type: ignore[assignment]
 
 _log = logging.getLogger(__name__)
 _MAX_METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
@@ -51,6 +57,25 @@ def check_tracking_uri(uri: str) -> None:
             raise ConfigError("tracking.uri", uri, "a directory whose parent exists")
     elif scheme not in ("postgresql", "mysql", "mssql", "databricks"):
         raise ConfigError("tracking.uri", uri, "an http(s)://, sqlite:///, file:// or database URI")
+
+
+@contextlib.contextmanager
+def _sqlite_creation_lock(uri: str) -> Iterator[None]:
+    """Serialise the first touch of a SQLite store across local processes.
+
+    MLflow creates and migrates a new SQLite store on first use; four workers starting together
+    otherwise race through the migrations ("table _alembic_tmp_params already exists").
+    """
+    if not uri.startswith("sqlite:///") or fcntl is None:
+        yield
+        return
+    lock_path = uri[len("sqlite:///") :] + ".lock"
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -182,7 +207,8 @@ class MlflowTracker(Tracker):
             store = "sqlite:///" + os.path.abspath(store[len("sqlite:///") :])
         key = (store, self.experiment_name)
         if key not in _EXPERIMENT_IDS:  # one lookup per process: a sweep starts many runs
-            _EXPERIMENT_IDS[key] = self._find_or_create_experiment()
+            with _sqlite_creation_lock(store):
+                _EXPERIMENT_IDS[key] = self._find_or_create_experiment()
         return _EXPERIMENT_IDS[key]
 
     def _find_or_create_experiment(self) -> str:

@@ -101,6 +101,9 @@ def build(config: DictConfig) -> Setup:
     for key in ("steps", "batch_size", "eval_every", "accumulate"):
         _positive_int(f"train.{key}", train[key])
     _positive_int("tracking.log_every", config.tracking.log_every)
+    if train.get("threads") is not None:
+        _positive_int("train.threads", train.threads)
+        torch.set_num_threads(int(train.threads))  # N workers on N cores must not each take all of them
     precision = str(train.precision)
     if precision not in PRECISIONS:
         raise ConfigError("train.precision", train.precision, f"one of {list(PRECISIONS)}")

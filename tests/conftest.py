@@ -6,9 +6,13 @@ from __future__ import annotations
 import csv
 import os
 import random
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
@@ -79,3 +83,74 @@ def mlflow_runs(cwd: Path) -> tuple[MlflowClient, list]:
     client = MlflowClient(tracking_uri=f"sqlite:///{cwd / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("clipsweep")
     return client, client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5"
+
+
+def _admin(statement: str) -> None:
+    import psycopg
+
+    # CREATE/DROP DATABASE cannot run in a transaction.
+    with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
+        connection.execute(statement)
+
+
+def _fresh_database(name: str) -> Iterator[str]:
+    try:
+        _admin(f"CREATE DATABASE {name}")
+    except Exception as err:  # .ci/run starts PostgreSQL; in CI an unreachable server is a failure
+        message = f"PostgreSQL on 127.0.0.1:5432 is not reachable: {err}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        others = f"datname = '{name}' AND pid <> pg_backend_pid()"
+        _admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {others}")
+        _admin(f"DROP DATABASE IF EXISTS {name}")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database created for this test run on the real PostgreSQL, dropped after it."""
+    yield from _fresh_database(f"clipsweep_test_{uuid.uuid4().hex[:10]}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` on a free loopback port, its backend a fresh PostgreSQL database."""
+    backend = _fresh_database(f"clipsweep_mlflow_{uuid.uuid4().hex[:10]}")
+    backend_url = next(backend)
+    port = free_port()
+    artifacts = tmp_path_factory.mktemp("mlartifacts")
+    log = (artifacts.parent / "mlflow-server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_url,
+         "--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow server did not start; see {log.name}") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+        next(backend, None)  # drop its database

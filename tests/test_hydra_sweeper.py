@@ -13,6 +13,7 @@ import optuna
 import pytest
 import yaml
 from conftest import TINY, load_study, mlflow_runs, run_sweep
+from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from sweeper.cli import main
@@ -249,20 +250,30 @@ def test_two_sweep_processes_on_one_storage_finish_exactly_n_trials(tmp_path: Pa
     assert all(t.state == TrialState.FAIL for t in trials if t.user_attrs.get("clipsweep.surplus"))
 
 
-def test_sweep_killed_mid_trial_is_failed_by_heartbeat_and_retried(tmp_path: Path) -> None:
-    common = ("hydra.sweeper.study_name=killed", "search=threshold", "hydra/sweeper/pruner=none",
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_sweep_killed_mid_trial_is_failed_by_heartbeat_and_retried(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    env: dict[str, str] = {}
+    storage, client = f"sqlite:///{tmp_path / 'clipsweep.db'}", None
+    if backend == "postgres":  # the stack: PostgreSQL storage and an MLflow server read over HTTP
+        storage = request.getfixturevalue("postgres_url")
+        server = request.getfixturevalue("mlflow_server")
+        env = {"CLIPSWEEP_STORAGE": storage, "MLFLOW_TRACKING_URI": server}
+        client = MlflowClient(tracking_uri=server)
+    common = (f"hydra.sweeper.study_name=killed-{backend}", "search=threshold", "hydra/sweeper/pruner=none",
               "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3",
               "hydra.sweeper.n_trials=2")  # fmt: skip
     victim = subprocess.Popen(
         [sys.executable, "-m", "sweeper", "sweep", *TINY, *common, "train.steps=1000000", "train.eval_every=1000000"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, **env},
     )  # fmt: skip
-    storage = f"sqlite:///{tmp_path / 'clipsweep.db'}"
     deadline, running = time.time() + 120, None
     while time.time() < deadline and running is None:
         time.sleep(0.5)
         try:
-            trials = optuna.load_study(study_name="killed", storage=storage).get_trials()
+            trials = optuna.load_study(study_name=f"killed-{backend}", storage=storage).get_trials()
         except KeyError:
             continue
         if trials and trials[0].state == TrialState.RUNNING and "mlflow_run_id" in trials[0].user_attrs:
@@ -271,13 +282,13 @@ def test_sweep_killed_mid_trial_is_failed_by_heartbeat_and_retried(tmp_path: Pat
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
 
-    done = run_sweep(tmp_path, *common)
-    trials = load_study(tmp_path, "killed").get_trials()
+    done = run_sweep(tmp_path, *common, env=env)
+    trials = optuna.load_study(study_name=f"killed-{backend}", storage=storage).get_trials()
     assert trials[0].state == TrialState.FAIL
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 2, done.stdout[-2000:]
     assert [t.system_attrs.get("failed_trial") for t in complete].count(0) == 1  # trial 0, retried
-    client, _ = mlflow_runs(tmp_path)
+    client = client or mlflow_runs(tmp_path)[0]
     dead_run = client.get_run(running.user_attrs["mlflow_run_id"])
     assert dead_run.info.status == "KILLED"
     assert dead_run.data.tags["clipsweep.trial_state"] == "FAIL (stale heartbeat)"
