@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweeper.errors import ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from sweeper.tracking import Tracker
 
 _MASKED = "***"
 
@@ -111,6 +114,16 @@ def _parent_tracker(study: Any, options: argparse.Namespace) -> Any:
     return tracker
 
 
+def _write_to_parent(study: Any, options: argparse.Namespace, write: Callable[[Tracker], None]) -> None:
+    """Run ``write`` against the study's parent run, if it has one, and wait until it is stored."""
+    tracker = _parent_tracker(study, options)
+    if tracker is None:
+        return
+    write(tracker)
+    tracker.end_run()  # a resumed run keeps its status: this only closes our writer
+    tracker.flush()
+
+
 def recommend_command(args: Sequence[str]) -> int:
     """Recompute the recommendation from the stored study; --validate K retrains it against the best."""
     from sweeper.report import log_recommendation
@@ -120,11 +133,7 @@ def recommend_command(args: Sequence[str]) -> int:
     print(recommendation.describe())
     if validation is not None:
         print(validation.describe())
-    tracker = _parent_tracker(study, options)
-    if tracker is not None:
-        log_recommendation(tracker, recommendation, validation)
-        tracker.end_run("FINISHED")
-        tracker.flush()
+    _write_to_parent(study, options, lambda tracker: log_recommendation(tracker, recommendation, validation))
     return 0
 
 
@@ -171,12 +180,9 @@ def export_command(args: Sequence[str]) -> int:
     else:
         write(text, out, options.force)
         print(f"exported the {which.value} clip config ({reason}) to {out}", file=sys.stderr)
-    tracker = _parent_tracker(study, options)
-    if tracker is not None:
-        name = out.name if out is not None else f"best.{ {'python': 'py'}.get(options.format, options.format) }"
-        tracker.log_text(text, f"export/{name}")
-        tracker.end_run("FINISHED")
-        tracker.flush()
+    suffix = {"python": "py"}.get(options.format, options.format)
+    name = out.name if out is not None else f"best.{suffix}"
+    _write_to_parent(study, options, lambda tracker: tracker.log_text(text, f"export/{name}"))
     return 0
 
 
@@ -196,11 +202,7 @@ def report_command(args: Sequence[str]) -> int:
     png = Path(options.png or f"{options.study}-grad-norms.png")
     recommendation_figure(recommendation).savefig(png)
     print(f"norm distribution: {png}")
-    tracker = _parent_tracker(study, options)
-    if tracker is not None:
-        log_recommendation(tracker, recommendation, validation)
-        tracker.end_run("FINISHED")
-        tracker.flush()
+    _write_to_parent(study, options, lambda tracker: log_recommendation(tracker, recommendation, validation))
     return 0
 
 
@@ -242,9 +244,10 @@ def calibrate_command(args: Sequence[str]) -> int:
     sweep_steps = SweeperConf.n_trials * int(config.train.steps)
     print(calibration.describe(sweep_steps))
     if tracker.run_id is not None:
+        tracker.flush()  # the pilot run's own writes first, then what calibration adds to it
         tracker.resume_run(tracker.run_id)
         tracker.log_metrics((k, v, 0) for k, v in calibration.metrics().items() if math.isfinite(v))
-        tracker.end_run("FINISHED")
+        tracker.end_run()
         tracker.flush()
         print(f"pilot run: {tracker.describe()}")
     if out is not None:

@@ -192,6 +192,7 @@ class MlflowTracker(Tracker):
         self._error: BaseException | None = None
         self._pending: list[tuple[str, float, int]] = []
         self._last_send = time.monotonic()
+        self._resumed = False
 
     @property
     def client(self) -> Any:
@@ -235,6 +236,7 @@ class MlflowTracker(Tracker):
         except Exception as err:
             raise ConfigError("run_id", run_id, f"an MLflow run in {self.uri} ({str(err).splitlines()[0]})") from None
         self._attach(run_id)
+        self._resumed = True
 
     def _attach(self, run_id: str) -> None:
         self.run_id = run_id
@@ -322,7 +324,8 @@ class MlflowTracker(Tracker):
         waits.
         """
         self._send_pending()
-        self._submit(self._terminate, self.run_id, status)
+        if not self._resumed:  # a resumed run keeps the status its own end gave it
+            self._submit(self._terminate, self.run_id, status)
         if self._worker is not None:
             self._jobs.put(None)
 

@@ -32,7 +32,7 @@ def test_open_storage_postgres_shares_a_study_between_connections(postgres_url: 
         ("postgresql://clip:s3cret@127.0.0.1:1/optuna", "Connection refused"),
         ("postgresql://postgres:s3cret@127.0.0.1:5432/no_such_database_here", "does not exist"),
         ("mysql://clip:s3cret@127.0.0.1/optuna", "driver is not installed"),
-        ("nosuchdialect://clip:s3cret@host/db", "Can't load plugin"),
+        ("nosuchdialect://clip:s3cret@localhost/db", "Can't load plugin"),
         ("not a url at all", "Could not parse"),
         ("sqlite:////no/such/directory/clipsweep.db", "unable to open database file"),
         ("journal:/no/such/directory/clipsweep.journal", "journal:<file> in an existing directory"),
@@ -51,10 +51,10 @@ def test_open_storage_refuses_bad_urls_with_the_password_masked(url: str, reason
 @pytest.mark.parametrize(
     ("url", "masked"),
     [
-        ("postgresql://clip:s3cret@db:5432/optuna", "postgresql://clip:***@db:5432/optuna"),
-        ("postgresql+psycopg://clip:p%40ss@db/optuna", "postgresql+psycopg://clip:***@db/optuna"),
+        ("postgresql://clip:s3cret@postgres:5432/optuna", "postgresql://clip:***@postgres:5432/optuna"),
+        ("postgresql+psycopg://clip:p%40ss@127.0.0.1/optuna", "postgresql+psycopg://clip:***@127.0.0.1/optuna"),
         ("sqlite:///clipsweep.db", "sqlite:///clipsweep.db"),
-        ("redis://user:s3cret@cache:6379", "redis://user:***@cache:6379"),
+        ("redis://user:s3cret@localhost:6379", "redis://user:***@localhost:6379"),
     ],
 )
 def test_mask_url_hides_passwords(url: str, masked: str) -> None:
@@ -62,8 +62,8 @@ def test_mask_url_hides_passwords(url: str, masked: str) -> None:
 
 
 def test_storage_url_prefers_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(studies.STORAGE_ENV, "postgresql://from-env/db")
-    assert studies.storage_url("sqlite:///config.db") == "postgresql://from-env/db"
+    monkeypatch.setenv(studies.STORAGE_ENV, "postgresql://127.0.0.1/from-env")
+    assert studies.storage_url("sqlite:///config.db") == "postgresql://127.0.0.1/from-env"
     monkeypatch.delenv(studies.STORAGE_ENV)
     assert studies.storage_url("sqlite:///config.db") == "sqlite:///config.db"
 
