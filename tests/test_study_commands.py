@@ -117,5 +117,9 @@ def test_calibrate_command_prints_the_threshold_and_writes_a_clip_file(tmp_path:
     assert "calibrated: clip=norm clip.threshold=" in done.stdout and "pilot: 20 steps" in done.stdout
     threshold = yaml.safe_load((tmp_path / "conf" / "clip" / "calibrated.yaml").read_text())["threshold"]
     assert f"clip.threshold={threshold:.4g}" in done.stdout
+    _, runs = mlflow_runs(tmp_path)
+    (pilot,) = [r for r in runs if r.data.tags.get("clipsweep.role") == "calibrate"]
+    assert pilot.info.status == "FINISHED" and pilot.data.metrics["calibrate/threshold"] == threshold
+    assert pilot.data.metrics["calibrate/steps"] == 20
     bad = _cli("calibrate", "model.hidden_size=-3", cwd=tmp_path)
     assert bad.returncode == 2 and "model" in bad.stderr and bad.stderr.count("\n") == 1
