@@ -241,7 +241,10 @@ class OptunaSweeper(Sweeper):
         restore = _sigterm_as_interrupt()
         try:
             message = self._loop(plan, study, parent)
-            conclusion = self._conclude(plan, study, parent, sweep_dir)
+            try:
+                conclusion = self._conclude(plan, study, parent, sweep_dir)
+            except Exception as err:  # the trials are done and stored: report, do not fail the sweep
+                conclusion = f"[clipsweep] no recommendation: {type(err).__name__}: {err}"
         except BaseException as err:
             status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
             raise
