@@ -34,7 +34,7 @@ class CalibrateSettings:
     """Safety norm cap during the pilot (far above typical norms: it only stops a blow-up)."""
     transient: float = 0.1
     steps: int | None = None
-    """Pilot steps; None: ``train.steps``."""
+    """Pilot steps; None: half of ``train.steps`` (at least 10): the norms settle long before a run ends."""
 
     def __post_init__(self) -> None:
         checks = (
@@ -93,8 +93,9 @@ def pilot_config(config: DictConfig | Mapping[str, Any], settings: CalibrateSett
     )
     resolved["clip"] = {"method": "norm", "threshold": settings.cap, "norm_type": 2.0}
     resolved["optim"]["lr"] = float(resolved["optim"]["lr"]) * settings.lr_scale
-    if settings.steps is not None:
-        resolved["train"]["steps"] = settings.steps
+    steps = settings.steps if settings.steps is not None else max(10, int(resolved["train"]["steps"]) // 2)
+    resolved["train"]["steps"] = steps
+    resolved["train"]["eval_every"] = min(int(resolved["train"]["eval_every"]), steps)
     return OmegaConf.create(resolved)
 
 

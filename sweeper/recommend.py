@@ -43,6 +43,8 @@ CONCLUDED_ATTR = "clipsweep.concluded"
 # Methods whose own parameter is recommended (the median over the best trials), not a norm percentile.
 _OWN_PARAMETER = {ClipMethod.value: "threshold", ClipMethod.zclip: "z_threshold", ClipMethod.agc: "clip_factor"}
 _DEFAULT_CAP_PERCENTILE = 99.0
+_SATURATED_PERCENTILE = 2.0
+"""Below this matched percentile (the best trials clipped over 98% of steps) the rule falls back."""
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,17 @@ def _derive(
     q = min(max(q, 0.0), 100.0)
     threshold = float(f"{histogram.percentile(q):.4g}")  # 4 digits: well inside the histogram's error
     clip = dict(best.clip)
+    saturated = settings.percentile is None and method is ClipMethod.norm and q < _SATURATED_PERCENTILE
+    if saturated:
+        # Every step clipped: the thresholds sit below all the norms, where no percentile reaches
+        # (the update is a normalised gradient of length lr x threshold). Their own values decide.
+        thresholds = [float(t.clip["threshold"]) for t in pooled]
+        threshold = float(f"{math.exp(statistics.median(math.log(v) for v in thresholds)):.4g}")
+        q = percentile_of(histogram, threshold)
+        rule = (
+            f"the top {len(pooled)} trials clipped {statistics.median(fractions):.0%} of their steps, so their "
+            "thresholds lie below the norms where no percentile reaches: the median of those thresholds"
+        )
     if method in (ClipMethod.norm, ClipMethod.none):
         clip = {"method": ClipMethod.norm.value, "threshold": threshold, "norm_type": float(clip.get("norm_type", 2.0))}
     elif method is ClipMethod.percentile:

@@ -19,7 +19,7 @@ TINY = ("model.hidden_size=8", "task.seq_len=10", "task.val_size=32", "train.bat
 
 def test_calibrate_threshold_is_the_percentile_of_the_pilots_steady_norms(config, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    base = config(*TINY, "train.steps=40", "optim.lr=0.2", "tracking.enabled=true", f"tracking.uri={uri}")
+    base = config(*TINY, "train.steps=80", "optim.lr=0.2", "tracking.enabled=true", f"tracking.uri={uri}")
     tracker = make_tracker(uri, "clipsweep", True)
     calibration = calibrate(base, CalibrateSettings(lr_scale=0.5, percentile=80, transient=0.2), tracker)
     tracker.flush()

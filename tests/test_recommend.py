@@ -159,3 +159,12 @@ def test_recommend_on_a_real_sweep_matches_numpy_on_the_logged_steps(tmp_path: P
     assert recommendation.steps == len(raw) == 2 * 28
     expected = np.percentile(raw, 75)
     assert math.isclose(recommendation.threshold, expected, rel_tol=recommendation.histogram.relative_error + 1e-3)
+
+
+def test_recommend_falls_back_to_the_thresholds_when_the_best_trials_clip_every_step(tmp_path: Path) -> None:
+    study = _study(tmp_path)
+    for i, threshold in enumerate((0.01, 0.02, 0.04)):  # far below every norm: every step clipped
+        _add(study, 0.1 * (i + 1), _lognormal(i), {"method": "norm", "threshold": threshold, "norm_type": 2.0})
+    recommendation = recommend(study, RecommendSettings(top_k=3))
+    assert recommendation.threshold == pytest.approx(0.02)
+    assert recommendation.clip_fraction > 0.99 and "no percentile reaches" in recommendation.rule
