@@ -11,7 +11,7 @@ Throughput is trials per hour between the first trial's start and the last one's
 timestamps, so process start-up is left out); the per-trial cost is the mean trial duration.
 Target: 2 workers >= 1.8x the trials per hour of 1.
 
-    python benchmarks/scale.py [--trials 8] [--steps 300]
+    python benchmarks/scale.py [--trials 8] [--steps 1000]   # 1000: the default run length
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def measure(storage: str | object, study: str) -> tuple[float, float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=1000)
     args = parser.parse_args()
     tag = uuid.uuid4().hex[:8]
     optuna_db, mlflow_db = f"bench_optuna_{tag}", f"bench_mlflow_{tag}"
