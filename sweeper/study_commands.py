@@ -46,7 +46,7 @@ def _study_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _open_study(options: argparse.Namespace) -> Any:
+def _open_study(options: argparse.Namespace) -> tuple[Any, str]:
     """The stored study; refuses a missing storage file or an unknown study without creating either."""
     import optuna
 
