@@ -6,7 +6,10 @@ are read back from the studies (a pruned trial trained up to its last reported e
 Targets: <= 0.5x the steps, best value within 5%. TPE sees different histories once trials are
 pruned, so the two sweeps sample different points after the first pruning.
 
-    python benchmarks/pruning.py [--trials 16] [--steps 1000]
+    python benchmarks/pruning.py [--trials 16] [--steps 1000] [--sampler tpe|random]
+
+With ``--sampler random`` both sweeps evaluate the same seeded points, so the difference in best
+value is only what pruning cut (a pruned trial that would have been the best).
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ def main_benchmark() -> None:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sampler", choices=["tpe", "random"], default="tpe",
+        help="random: both sweeps evaluate the same points, so only pruning differs",
+    )  # fmt: skip
     args = parser.parse_args()
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -46,12 +53,13 @@ def main_benchmark() -> None:
             start = time.perf_counter()
             code = main(["sweep", f"hydra/sweeper/pruner={pruner}", f"hydra.sweeper.n_trials={args.trials}",
                          f"hydra.sweeper.study_name={pruner}", f"hydra.sweeper.seed={args.seed}",
+                         f"hydra/sweeper/sampler={args.sampler}",
                          f"train.steps={args.steps}", "tracking.enabled=false"])  # fmt: skip
             assert code == 0, f"the {pruner} sweep failed"
             study = optuna.load_study(study_name=pruner, storage=f"sqlite:///{Path(tmp) / 'clipsweep.db'}")
             results[pruner] = (steps_trained(study, args.steps), study.best_value, time.perf_counter() - start)
     (base_steps, base_best, base_time), (steps, best, seconds) = results["none"], results["median"]
-    print(f"{args.trials} trials x {args.steps} steps, TPE seed {args.seed}, default task:")
+    print(f"{args.trials} trials x {args.steps} steps, {args.sampler} sampler seed {args.seed}, default task:")
     print(f"  no pruner:     {base_steps:7d} steps  best val/loss {base_best:.5g}  {base_time:6.1f} s")
     print(f"  median pruner: {steps:7d} steps  best val/loss {best:.5g}  {seconds:6.1f} s")
     print(f"  steps ratio {steps / base_steps:.3f} (target <= 0.5); best value ratio {best / base_best:.3f}"
