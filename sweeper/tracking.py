@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import queue
+import tempfile
 import threading
 import time
 import urllib.error
@@ -107,10 +108,12 @@ class Tracker(ABC):
         """Queue ``(key, value, step)`` triples; they are written in batches."""
 
     @abstractmethod
-    def log_text(self, text: str, artifact_file: str) -> None: ...
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Queue a text artifact; artifacts are uploaded together when the run ends."""
 
     @abstractmethod
-    def log_figure(self, figure: Any, artifact_file: str) -> None: ...
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """Queue a matplotlib figure as an artifact (rendered when the run ends)."""
 
     @abstractmethod
     def set_tags(self, tags: Mapping[str, str]) -> None: ...
@@ -193,6 +196,8 @@ class MlflowTracker(Tracker):
         self._pending: list[tuple[str, float, int]] = []
         self._last_send = time.monotonic()
         self._resumed = False
+        self._artifacts: dict[str, Any] = {}
+        """Text and figures by artifact path, uploaded together when the run ends."""
 
     @property
     def client(self) -> Any:
@@ -290,7 +295,30 @@ class MlflowTracker(Tracker):
         self._last_send = time.monotonic()
 
     def log_text(self, text, artifact_file):
-        self._submit(self.client.log_text, self.run_id, text, artifact_file)
+        self._artifacts[artifact_file] = text
+
+    def _send_artifacts(self) -> None:
+        """Write the run's queued artifacts into one folder and upload it with one call.
+
+        One ``log_artifacts`` instead of one upload per file: each upload resolves the run's
+        artifact store again (over HTTP for a server), which cost more than the files themselves.
+        """
+        if not self._artifacts:
+            return
+        artifacts, self._artifacts = self._artifacts, {}
+
+        def upload() -> None:
+            with tempfile.TemporaryDirectory() as folder:
+                for name, content in artifacts.items():
+                    path = Path(folder, name)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    if isinstance(content, str):
+                        path.write_text(content)
+                    else:
+                        content.savefig(path)
+                self.client.log_artifacts(self.run_id, folder)
+
+        self._submit(upload)
 
     def run_tags(self, run_id: str) -> dict[str, str]:
         """Another run's tags (``export --run-id`` finds its study through them)."""
@@ -300,7 +328,7 @@ class MlflowTracker(Tracker):
             raise ConfigError("--run-id", run_id, f"an MLflow run in {self.uri} ({str(err).splitlines()[0]})") from None
 
     def log_figure(self, figure, artifact_file):
-        self._submit(self.client.log_figure, self.run_id, figure, artifact_file)
+        self._artifacts[artifact_file] = figure
 
     def set_tags(self, tags):
         self.tag_run(self.run_id, tags)
@@ -324,6 +352,7 @@ class MlflowTracker(Tracker):
         waits.
         """
         self._send_pending()
+        self._send_artifacts()
         if not self._resumed:  # a resumed run keeps the status its own end gave it
             self._submit(self._terminate, self.run_id, status)
         if self._worker is not None:
