@@ -308,9 +308,9 @@ def init_command(args: Sequence[str]) -> int:
     from sweeper.hydra_sweeper import open_planned_study
     from sweeper.study import counted_trials, mask_url
 
-    plan = _plan_sweep_line(args)
     if not any(a.startswith("hydra.sweeper.study_name=") for a in args):
         raise ConfigError("hydra.sweeper.study_name", None, "a name the workers will share")
+    plan = _plan_sweep_line(args)
     study = open_planned_study(plan)
     print(
         f"[clipsweep] study {plan.study_name!r} ready on {mask_url(plan.storage_url)} "
