@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import optuna
 import psycopg
+from logging_overhead import start_server  # the same server start, with a PostgreSQL backend
 from optuna.trial import TrialState
 
 ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
@@ -38,12 +36,6 @@ ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 def admin(statement: str) -> None:
     with psycopg.connect(ADMIN, autocommit=True) as connection:
         connection.execute(statement)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def sweep(cwd: Path, workers: int, study: str, trials: int, steps: int, env: dict[str, str]) -> None:
@@ -80,31 +72,21 @@ def main() -> None:
     admin(f"CREATE DATABASE {optuna_db}")
     admin(f"CREATE DATABASE {mlflow_db}")
     storage = f"postgresql://postgres@127.0.0.1:5432/{optuna_db}"
-    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-             f"postgresql://postgres@127.0.0.1:5432/{mlflow_db}", "--artifacts-destination", str(cwd / "artifacts"),
-             "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        server = None
         try:
-            for _ in range(240):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                    break
-                except OSError:
-                    time.sleep(0.5)
-            stack = {"CLIPSWEEP_STORAGE": storage, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+            server, server_uri = start_server(cwd, f"postgresql://postgres@127.0.0.1:5432/{mlflow_db}", workers=2)
+            stack = {"CLIPSWEEP_STORAGE": storage, "MLFLOW_TRACKING_URI": server_uri}
             results = {}
             for name, workers, env in (("stack-1", 1, stack), ("stack-2", 2, stack), ("embedded-1", 1, {})):
                 sweep(cwd, workers, name, args.trials, args.steps, env)
                 where = storage if env else f"sqlite:///{cwd / 'clipsweep.db'}"
                 results[name] = measure(where, name)
         finally:
-            server.terminate()
-            server.wait(timeout=60)
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=60)
             for db in (optuna_db, mlflow_db):
                 admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'")
                 admin(f"DROP DATABASE IF EXISTS {db}")

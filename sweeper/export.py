@@ -139,10 +139,15 @@ def _python(clip: Mapping[str, Any], method: ClipMethod) -> str:
     return "\n".join(lines)
 
 
+def refuse_existing(out: Path | None, force: bool) -> None:
+    """An existing ``--out`` is refused unless ``force``; commands call it before any work too."""
+    if out is not None and out.exists() and not force:
+        raise ConfigError("--out", str(out), "a path that does not exist yet (or pass --force to overwrite)")
+
+
 def write(text: str, out: Path, force: bool) -> Path:
     """Write ``text`` to ``out``; an existing file is refused unless ``force``."""
-    if out.exists() and not force:
-        raise ConfigError("--out", str(out), "a path that does not exist yet (or pass --force to overwrite)")
+    refuse_existing(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return out

@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.clipping import ClipMethod
 from sweeper.errors import ConfigError
+from sweeper.study import STATUS_ATTR
 from sweeper.telemetry import NormHistogram, NormSegments
 
 NORMS_ATTR = "clipsweep.norms"
@@ -191,7 +192,7 @@ def trial_norms(trial: FrozenTrial, transient: float) -> TrialNorms | None:
     """A completed trial with recorded norms, its transient dropped; None when it cannot be used."""
     if trial.state != TrialState.COMPLETE or NORMS_ATTR not in trial.user_attrs or trial.value is None:
         return None
-    if trial.user_attrs.get("clipsweep.status", "finished") != "finished":
+    if trial.user_attrs.get(STATUS_ATTR, "finished") != "finished":
         return None  # diverged or stopped runs: their norms say nothing about a good threshold
     histogram, clipped = NormSegments.from_dict(trial.user_attrs[NORMS_ATTR]).steady(transient)
     if histogram.count == 0:
@@ -247,7 +248,8 @@ def _derive(
 ) -> Recommendation:
     method = best.method
     fractions = [t.clip_fraction for t in pooled if math.isfinite(t.clip_fraction)]
-    matched = 100.0 * (1.0 - statistics.median(fractions)) if fractions else 100.0
+    fraction = statistics.median(fractions) if fractions else 0.0
+    matched = 100.0 * (1.0 - fraction)
     if settings.percentile is not None:
         q, rule = float(settings.percentile), f"p{float(settings.percentile):g} of the pooled steady-state norms"
     elif method is ClipMethod.none:
@@ -257,7 +259,7 @@ def _derive(
         q = matched
         rule = (
             f"matched clip fraction: the median of the top {len(pooled)} trials' clip fractions "
-            f"({statistics.median(fractions) if fractions else 0:.1%}) read off their pooled norms"
+            f"({fraction:.1%}) read off their pooled norms"
         )
     q = min(max(q, 0.0), 100.0)
     threshold = float(f"{histogram.percentile(q):.4g}")  # 4 digits: well inside the histogram's error
@@ -270,7 +272,7 @@ def _derive(
         threshold = float(f"{math.exp(statistics.median(math.log(v) for v in thresholds)):.4g}")
         q = percentile_of(histogram, threshold)
         rule = (
-            f"the top {len(pooled)} trials clipped {statistics.median(fractions):.0%} of their steps, so their "
+            f"the top {len(pooled)} trials clipped {fraction:.0%} of their steps, so their "
             "thresholds lie below the norms where no percentile reaches: the median of those thresholds"
         )
     if method in (ClipMethod.norm, ClipMethod.none):

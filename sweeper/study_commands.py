@@ -155,7 +155,7 @@ def _resolve_run_id(options: argparse.Namespace) -> None:
 
 def export_command(args: Sequence[str]) -> int:
     """Export the best trial's or the recommended clip config as a clip/ group file, JSON or Python."""
-    from sweeper.export import ExportFormat, Which, choose, render, source, write
+    from sweeper.export import ExportFormat, Which, choose, refuse_existing, render, source, write
     from sweeper.study import mask_url
 
     parser = _study_parser("export", export_command.__doc__)
@@ -166,8 +166,7 @@ def export_command(args: Sequence[str]) -> int:
     parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     options = parser.parse_args(list(args))
     out = Path(options.out) if options.out else None
-    if out is not None and out.exists() and not options.force:  # refused before any work
-        raise ConfigError("--out", str(out), "a path that does not exist yet (or pass --force to overwrite)")
+    refuse_existing(out, options.force)  # before any work
     if options.run_id:
         _resolve_run_id(options)
     study, recommendation, validation, url = _recommend(options)
@@ -211,7 +210,7 @@ def calibrate_command(args: Sequence[str]) -> int:
     from sweeper.calibrate import CalibrateSettings, calibrate
     from sweeper.cli import _check_buildable, _one_line, compose
     from sweeper.config import SweeperConf
-    from sweeper.export import write
+    from sweeper.export import refuse_existing, write
     from sweeper.tracking import make_tracker
 
     parser = _Parser(prog="clipsweep calibrate", description=calibrate_command.__doc__)
@@ -225,8 +224,7 @@ def calibrate_command(args: Sequence[str]) -> int:
     options, overrides = parser.parse_known_args(list(args))
     settings = CalibrateSettings(options.lr_scale, options.percentile, options.cap, options.transient, options.steps)
     out = Path(options.out) if options.out else None
-    if out is not None and out.exists() and not options.force:
-        raise ConfigError("--out", str(out), "a path that does not exist yet (or pass --force to overwrite)")
+    refuse_existing(out, options.force)
     try:
         config = compose(overrides)
     except Exception as err:

@@ -236,10 +236,7 @@ class MlflowTracker(Tracker):
         self.log_params(params)
 
     def resume_run(self, run_id):
-        try:
-            self.experiment_id = self.client.get_run(run_id).info.experiment_id
-        except Exception as err:
-            raise ConfigError("run_id", run_id, f"an MLflow run in {self.uri} ({str(err).splitlines()[0]})") from None
+        self.experiment_id = self._get_run(run_id, "run_id").info.experiment_id
         self._attach(run_id)
         self._resumed = True
 
@@ -322,10 +319,14 @@ class MlflowTracker(Tracker):
 
     def run_tags(self, run_id: str) -> dict[str, str]:
         """Another run's tags (``export --run-id`` finds its study through them)."""
+        return dict(self._get_run(run_id, "--run-id").data.tags)
+
+    def _get_run(self, run_id: str, key: str) -> Any:
+        """The run, or a ConfigError under ``key`` when this store has no such run."""
         try:
-            return dict(self.client.get_run(run_id).data.tags)
+            return self.client.get_run(run_id)
         except Exception as err:
-            raise ConfigError("--run-id", run_id, f"an MLflow run in {self.uri} ({str(err).splitlines()[0]})") from None
+            raise ConfigError(key, run_id, f"an MLflow run in {self.uri} ({str(err).splitlines()[0]})") from None
 
     def log_figure(self, figure, artifact_file):
         self._artifacts[artifact_file] = figure

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 from mlflow.tracking import MlflowClient
 
 from sweeper.cli import conf_dir, main
@@ -133,12 +133,6 @@ def test_cli_diverged_run_exits_0_and_is_recorded(tmp_path: Path) -> None:
     assert run.data.metrics["grad/nonfinite_steps"] > 0
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize(
     ("args", "named"),
     [
@@ -161,7 +155,7 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], named: str
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    args = [a.format(port=_closed_port()) for a in args]
+    args = [a.format(port=free_port()) for a in args]
     assert main(["run", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("clipsweep: error:") and "\n" not in err
@@ -209,7 +203,7 @@ def test_cli_ui_serves_the_tracking_store_on_loopback(tmp_path: Path) -> None:
     import time
     import urllib.request
 
-    port = _closed_port()
+    port = free_port()
     ui = subprocess.Popen(
         [sys.executable, "-m", "sweeper", "ui", "--port", str(port),
          "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"],
