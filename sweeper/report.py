@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from sweeper.plots import norm_histogram_figure
+from sweeper.plots import norm_histogram_png
 from sweeper.recommend import Recommendation
 from sweeper.tracking import Tracker
 from sweeper.validation import Validation
@@ -36,12 +36,12 @@ def trials_table(study: optuna.Study, objectives: Sequence[str], top: int = 5) -
     return f"top {len(rows)} of {len(completed)} completed trials:\n" + "\n".join(lines)
 
 
-def recommendation_figure(recommendation: Recommendation) -> Any:
+def recommendation_png(recommendation: Recommendation) -> bytes:
     """The pooled norm distribution with the recommended and the best trial's threshold marked."""
     marks = {"recommended": recommendation.threshold}
     if recommendation.best_threshold is not None:
         marks[f"best trial {recommendation.best.number}"] = recommendation.best_threshold
-    return norm_histogram_figure(recommendation.histogram, marks)
+    return norm_histogram_png(recommendation.histogram, marks)
 
 
 def log_recommendation(tracker: Tracker, recommendation: Recommendation, validation: Validation | None) -> None:
@@ -55,4 +55,4 @@ def log_recommendation(tracker: Tracker, recommendation: Recommendation, validat
     tracker.log_metrics(rows + (validation.metrics() if validation else []))
     record = {"recommendation": recommendation.to_dict(), "validation": validation.to_dict() if validation else None}
     tracker.log_text(json.dumps(record, indent=1), "recommendation/recommendation.json")
-    tracker.log_figure(recommendation_figure(recommendation), "recommendation/grad_norms.png")
+    tracker.log_figure(recommendation_png(recommendation), "recommendation/grad_norms.png")

@@ -187,7 +187,7 @@ def export_command(args: Sequence[str]) -> int:
 
 def report_command(args: Sequence[str]) -> int:
     """Top trials, the recommendation with its evidence, and a PNG of the pooled norm distribution."""
-    from sweeper.report import log_recommendation, recommendation_figure, trials_table
+    from sweeper.report import log_recommendation, recommendation_png, trials_table
 
     parser = _study_parser("report", report_command.__doc__)
     parser.add_argument("--top", type=int, default=10, help="trials in the table")
@@ -199,7 +199,7 @@ def report_command(args: Sequence[str]) -> int:
     if validation is not None:
         print(validation.describe())
     png = Path(options.png or f"{options.study}-grad-norms.png")
-    recommendation_figure(recommendation).savefig(png)
+    png.write_bytes(recommendation_png(recommendation))
     print(f"norm distribution: {png}")
     _write_to_parent(study, options, lambda tracker: log_recommendation(tracker, recommendation, validation))
     return 0

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from sweeper.clipping import Clipper, ClipStats, make_clipper
 from sweeper.config import NonFinite
 from sweeper.errors import ConfigError
+from sweeper.plots import norm_histogram_png
 from sweeper.tasks import Task
 from sweeper.telemetry import RunSummary, Telemetry, Window, steps_csv
 from sweeper.tracking import Tracker, flatten
@@ -296,10 +297,8 @@ def train(
         tracker.log_metrics((k, v, done) for k, v in summary_metrics.items() if math.isfinite(v))
         histogram = telemetry.summary.histogram
         tracker.log_text(json.dumps(histogram.to_dict(), indent=1), "telemetry/grad_norm_histogram.json")
-        from sweeper.plots import norm_histogram_figure
-
-        figure = norm_histogram_figure(histogram, {"threshold": last_threshold})
-        tracker.log_figure(figure, "telemetry/grad_norm_histogram.png")
+        marks = {"threshold": last_threshold}
+        tracker.log_figure(lambda: norm_histogram_png(histogram, marks), "telemetry/grad_norm_histogram.png")
         tracker.set_tags({"clipsweep.status": status, "clipsweep.steps_done": str(done)})
     except BaseException as err:
         tracker.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")

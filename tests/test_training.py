@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from sweeper.errors import ConfigError
 from sweeper.tasks import AddingTask
@@ -169,3 +170,55 @@ def test_build_rejects_bad_values_with_their_key(config, override: str, key: str
 def test_build_rejects_cuda_without_a_gpu(config) -> None:
     with pytest.raises(ConfigError, match="CUDA is not available"):
         build(config(*SMALL, "train.device=cuda"))
+
+
+class _HostReads(TorchDispatchMode):
+    """Records the ops that make a CUDA host wait for the device: scalar reads and data-dependent shapes.
+
+    ``.item()``, ``float(t)``, ``bool(t)`` and ``if t > x`` all dispatch ``_local_scalar_dense``;
+    ``nonzero``/``masked_select`` (boolean indexing) must read the data to know their output size.
+    Recorded on CPU, this is the same check ``set_sync_debug_mode("error")`` makes on a GPU.
+    """
+
+    SYNCING = frozenset({"_local_scalar_dense", "nonzero", "is_nonzero", "masked_select", "equal", "unique"})
+
+    def __init__(self, host_resident: set[int]) -> None:
+        super().__init__()
+        self.host_resident = host_resident
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name.rstrip("_") in self.SYNCING and not (args and args[0].data_ptr() in self.host_resident):
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("clip=norm",),
+        ("clip=value",),
+        ("clip=none",),
+        ("clip=percentile",),
+        ("clip=zclip",),
+        ("clip=agc",),
+        ("clip=norm", "train.accumulate=2"),
+        ("clip=norm", "train.precision=bf16"),
+        ("clip=norm", "optim=sgd"),
+    ],
+    ids=lambda overrides: "-".join(o.split("=")[-1] for o in overrides),
+)
+def test_trainer_step_reads_nothing_back_from_the_device(config, overrides: tuple[str, ...]) -> None:
+    setup = build(config(*SMALL, *overrides))
+    telemetry = Telemetry(list(setup.model.named_parameters()), 12, setup.device)
+    trainer = Trainer(setup, telemetry)
+    trainer.step(0)  # first-step setup (optimizer state, history buffers) is allowed to differ
+    # Adam reads its step counters with .item(); they stay on the CPU even when training on CUDA
+    # (unless capturable or fused), so that read is no device sync and is left out.
+    counters = {state["step"].data_ptr() for state in setup.optimizer.state.values() if "step" in state}
+    with _HostReads(counters) as reads:
+        for step in range(1, 11):  # a window without its drain, layer norms measured at step 0 only
+            trainer.step(step)
+    assert reads.seen == []
+    assert telemetry.drain() is not None  # the one place the host reads, once per window
