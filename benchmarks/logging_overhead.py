@@ -74,7 +74,7 @@ def main() -> None:
         server, server_uri = start_server(workdir)
         try:
             variants = {"off": None, "sqlite": f"sqlite:///{workdir / 'local.db'}", "server": server_uri}
-            for uri in variants.values():  # warm-up: imports, table creation, matplotlib fonts
+            for uri in variants.values():  # warm-up: imports, table creation, fonts
                 timed_run(20, uri)
             times: dict[str, list[float]] = {name: [] for name in variants}
             for _ in range(args.repeats):
