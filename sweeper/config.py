@@ -290,14 +290,17 @@ class ThresholdPrunerConf:
 
 @dataclass
 class RecommendConf:
-    """``hydra.sweeper.recommend``: how the sweep's end derives, validates and exports a threshold."""
+    """``hydra.sweeper.recommend``: how the sweep's end derives, validates and exports the recommendation."""
 
-    top_k: int = 3
-    """Best completed trials whose steady-state norms are pooled."""
+    tolerance: float = 0.1
+    """Good trials: within this fraction of the best-to-worst gap of the completed trials (log scale
+    when the objective spans a decade)."""
+    bandwidth: float = 0.15
+    """Neighbourhood width in the search space normalised to [0, 1] per parameter."""
     transient: float = 0.1
-    """Fraction of each trial's planned steps dropped from the start."""
+    """Fraction of each trial's planned steps left out of its norm statistics."""
     percentile: float | None = None
-    """None: the percentile matching the best trials' clip fraction; a number: that percentile."""
+    """None: the robust good trial; a number: that percentile of the good trials' norms as the threshold."""
     validate: int = 0
     """Seeds to retrain the recommendation and the best trial's config on (0: no validation)."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
@@ -17,7 +18,7 @@ import yaml
 
 from sweeper.clipping import ClipMethod
 from sweeper.errors import ConfigError
-from sweeper.recommend import Recommendation
+from sweeper.recommend import Recommendation, TrialNorms
 from sweeper.validation import Validation
 
 
@@ -35,45 +36,83 @@ class Which(str, Enum):
     recommended = "recommended"
 
 
-def choose(
-    recommendation: Recommendation, validation: Validation | None, which: Which
-) -> tuple[dict[str, Any], Which, str]:
-    """(clip config, which one, why)."""
-    if which is Which.best:
-        return dict(recommendation.best.clip), Which.best, "asked for the best trial's config"
-    if which is Which.recommended:
-        return dict(recommendation.clip), Which.recommended, "asked for the recommendation"
-    if validation is None:
-        return (
-            dict(recommendation.best.clip),
-            Which.best,
-            "the recommendation was not validated (add --validate K to compare them on fresh seeds)",
-        )
-    r, b = validation.recommended, validation.best
-    comparison = f"{validation.objective} {r.mean:.5g} vs {b.mean:.5g} over {len(validation.seeds)} fresh seeds"
-    if validation.recommended_wins():
-        return dict(recommendation.clip), Which.recommended, f"validated at least as good ({comparison})"
-    return dict(recommendation.best.clip), Which.best, f"the recommendation validated worse ({comparison})"
+@dataclass(frozen=True)
+class Choice:
+    """What gets exported: a clip config with the co-searched parameters it was found with."""
+
+    clip: dict[str, Any]
+    which: Which
+    reason: str
+    params: dict[str, Any]
+    """Searched parameters other than the clip method's own (``optim.lr``, ``model``, ...)."""
+    trial: TrialNorms | None
+    """The trial the export reproduces, or None for an extrapolated recommendation."""
 
 
-def source(recommendation: Recommendation, which: Which, reason: str, storage: str | None = None) -> dict[str, Any]:
+def _others(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if k != "clip" and not k.startswith("clip.")}
+
+
+def _best(recommendation: Recommendation, reason: str) -> Choice:
     best = recommendation.best
+    return Choice(best.clip, Which.best, reason, _others(best.params), best)
+
+
+def _recommended(recommendation: Recommendation, reason: str) -> Choice:
+    r = recommendation
+    return Choice(dict(r.clip), Which.recommended, reason, _others(r.params), r.trial)
+
+
+def choose(recommendation: Recommendation, validation: Validation | None, which: Which) -> Choice:
+    """The config to export; ``auto`` takes the recommendation unless validation or extrapolation speaks against it."""
+    if which is Which.best:
+        return _best(recommendation, "asked for the best trial's config")
+    if which is Which.recommended:
+        return _recommended(recommendation, "asked for the recommendation")
+    if validation is not None:
+        r, b = validation.recommended, validation.best
+        comparison = f"{validation.objective} {r.mean:.5g} vs {b.mean:.5g} over {len(validation.seeds)} fresh seeds"
+        if validation.recommended_wins():
+            return _recommended(recommendation, f"validated at least as good as the best trial's ({comparison})")
+        return _best(recommendation, f"the recommendation validated worse ({comparison})")
+    if recommendation.extrapolated:
+        return _best(recommendation, "the recommendation is an unvalidated extrapolation (add --validate K)")
+    if recommendation.trial is not None and recommendation.trial.number == recommendation.best.number:
+        return _recommended(recommendation, "the best trial is also the robust choice")
+    return _recommended(
+        recommendation,
+        "a good trial in a good neighbourhood, within tolerance of the best; not validated (--validate K "
+        "compares it with the best trial's config on fresh seeds)",
+    )
+
+
+def reproduce_command(choice: Choice, config_dir: Path | None = None) -> str:
+    """The command that retrains the exported trial: its sweep's fixed overrides, then ``clip=best``."""
+    fixed = [] if choice.trial is None else [o for o in choice.trial.fixed if not o.startswith(("hydra.", "search="))]
+    where = [] if config_dir is None else [f"--config-dir {config_dir}"]
+    return " ".join(["clipsweep run", *where, *fixed, "clip=best"])
+
+
+def source(recommendation: Recommendation, choice: Choice, storage: str | None = None) -> dict[str, Any]:
+    trial = choice.trial
+    optim = dict((trial.config if trial is not None else recommendation.config).get("optim", {}))
     return {
         "study": recommendation.study,
         "storage": storage,
-        "trial": best.number,
+        "trial": None if trial is None else trial.number,
         "objective": recommendation.objective,
         "direction": recommendation.direction,
-        "value": best.value,
-        "which": which.value,
-        "reason": reason,
-        "optim": dict(recommendation.optim),
+        "value": None if trial is None else trial.value,
+        "which": choice.which.value,
+        "reason": choice.reason,
+        "optim": optim,
+        "reproduce": reproduce_command(choice),
         "recommendation": {
             "threshold": recommendation.threshold,
+            "interval": None if recommendation.interval is None else list(recommendation.interval),
             "percentile": recommendation.percentile,
             "clip_fraction": recommendation.clip_fraction,
-            "trials": recommendation.trials,
-            "steps": recommendation.steps,
+            "good_trials": recommendation.trials,
             "rule": recommendation.rule,
         },
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -82,24 +121,54 @@ def source(recommendation: Recommendation, which: Which, reason: str, storage: s
 
 def _header(origin: Mapping[str, Any], comment: str) -> list[str]:
     lr = origin["optim"].get("lr")
-    return [
+    value = origin.get("value")
+    found = "an extrapolation, no trial" if origin.get("trial") is None else f"trial {origin['trial']}"
+    scored = "" if value is None else f": {origin['objective']}={value:.6g} ({origin['direction']})"
+    lines = [
         f"{comment} exported by clipsweep on {origin['date']}",
-        f"{comment} study {origin['study']!r}, trial {origin['trial']}: {origin['objective']}={origin['value']:.6g} "
-        f"({origin['direction']})",
+        f"{comment} study {origin['study']!r}, {found}{scored}",
         f"{comment} config: {origin['which']} ({origin['reason']})",
         f"{comment} found with optim={origin['optim'].get('_target_', '?')} lr={lr}: a threshold goes with its lr",
     ]
+    interval = (origin.get("recommendation") or {}).get("interval")
+    if interval:
+        lines.append(f"{comment} uncertainty: thresholds {interval[0]:.4g}..{interval[1]:.4g} were within tolerance")
+    if origin.get("reproduce"):
+        lines.append(f"{comment} reproduce: {origin['reproduce']}")
+    return lines
 
 
-def render(clip: Mapping[str, Any], origin: Mapping[str, Any], fmt: ExportFormat) -> str:
-    """The exported text; YAML is a valid ``clip/`` group file (``clipsweep run clip=best``)."""
+def _overrides_body(params: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Co-searched parameters as a ``_global_`` file's content: group choices become defaults-list
+    overrides (``model: gru`` → ``override /model: gru``), dotted keys nested values."""
+    groups, values = [], {}
+    for key, value in params.items():
+        if "." not in key:
+            groups.append({f"override /{key}": value})
+            continue
+        *path, leaf = key.split(".")
+        node = values
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return groups, values
+
+
+def render(
+    clip: Mapping[str, Any], origin: Mapping[str, Any], fmt: ExportFormat, params: Mapping[str, Any] | None = None
+) -> str:
+    """The exported text; YAML is a ``clip/`` group file (``clipsweep run clip=best``) that also sets the
+    co-searched ``params`` (the learning rate above all), so the run reproduces the exported trial."""
     clip = {k: (v.value if isinstance(v, Enum) else v) for k, v in clip.items()}
+    params = dict(params or {})
     method = ClipMethod(clip["method"])
     if fmt is ExportFormat.json:
-        return json.dumps({"clip": clip, "source": dict(origin)}, indent=2) + "\n"
+        return json.dumps({"clip": clip, "params": params, "source": dict(origin)}, indent=2) + "\n"
     if fmt is ExportFormat.yaml:
-        body = {"defaults": [{"/schema/clip@_here_": method.value}, "_self_"], **clip}
-        return "\n".join(_header(origin, "#")) + "\n" + yaml.safe_dump(body, sort_keys=False)
+        groups, values = _overrides_body(params)
+        body = {"defaults": [{"/schema/clip@clip": method.value}, *groups, "_self_"], "clip": clip, **values}
+        header = ["# @package _global_", *_header(origin, "#")]
+        return "\n".join(header) + "\n" + yaml.safe_dump(body, sort_keys=False)
     return "\n".join([*_header(origin, "#"), _python(clip, method)]) + "\n"
 
 

@@ -32,13 +32,15 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from sweeper import study as studies
 from sweeper.errors import ConfigError
-from sweeper.export import ExportFormat, Which, choose, render, source
+from sweeper.export import ExportFormat, Which, choose, render, reproduce_command, source
 from sweeper.recommend import (
     CONCLUDED_ATTR,
     CONFIG_ATTR,
+    FIXED_ATTR,
     NORMS_ATTR,
     PARENT_RUN_ATTR,
     TRACKING_URI_ATTR,
+    VALIDATION_ATTR,
     RecommendSettings,
     recommend,
 )
@@ -375,6 +377,7 @@ class OptunaSweeper(Sweeper):
         for attr, key in ((NORMS_ATTR, "norms"), (CONFIG_ATTR, "config")):
             if key in result:  # what recommend and export read back from the storage alone
                 trial.set_user_attr(attr, result[key])
+        trial.set_user_attr(FIXED_ATTR, [studies.mask_url(o) for o in plan.space.fixed])  # export's reproduce line
         run_id = result.get("mlflow_run_id")
         status = result.get("status", "finished")
         trial.set_user_attr(studies.STATUS_ATTR, status)
@@ -501,9 +504,14 @@ class OptunaSweeper(Sweeper):
             tracking = {k: self.config.tracking[k] for k in ("uri", "experiment", "enabled")}
             validation = validate(recommendation, plan.validate, tracking, parent.run_id)
             lines.append(validation.describe())
-        clip, which, reason = choose(recommendation, validation, Which.auto)
+        if validation is not None:
+            study.set_user_attr(VALIDATION_ATTR, validation.to_dict())
+        choice = choose(recommendation, validation, Which.auto)
         text = render(
-            clip, source(recommendation, which, reason, studies.mask_url(plan.storage_url)), ExportFormat.yaml
+            choice.clip,
+            source(recommendation, choice, studies.mask_url(plan.storage_url)),
+            ExportFormat.yaml,
+            choice.params,
         )
         out = sweep_dir / "clip" / "best.yaml"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -511,7 +519,7 @@ class OptunaSweeper(Sweeper):
         log_recommendation(parent, recommendation, validation)
         parent.log_text(text, "export/best.yaml")
         lines.append(
-            f"exported the {which.value} config ({reason}) to {out}\n"
-            f"  train with it: clipsweep run --config-dir {sweep_dir} clip=best"
+            f"exported the {choice.which.value} config ({choice.reason}) to {out}\n"
+            f"  train with it: {reproduce_command(choice, sweep_dir)}"
         )
         return "\n".join(f"[clipsweep] {line}" for line in "\n".join(lines).splitlines())

@@ -1,28 +1,41 @@
-"""A recommended clip threshold from the gradient norms the best trials actually saw.
+"""The recommended clip config: a robust choice among the sweep's own good trials.
 
-The rule, and why: a threshold only matters through how often it clips (``clip_grad_norm_`` is the
-identity below it), so the best trials' clip fractions are what the sweep measured; their thresholds
-are noisy samples of the sampler. The recommendation pools the steady-state pre-clip norms of the
-``top_k`` best completed trials that used the best trial's method (their early transient dropped,
-non-finite steps excluded by the histograms), takes the median of their clip fractions ``f`` and
-recommends the ``100·(1-f)``-th percentile of the pooled norms: the threshold that would have clipped
-as often as the best trials did, estimated from all of their steps instead of one trial's draw.
-A fixed ``percentile`` replaces the matched one (Pascanu et al. take the average norm).
+Why not a percentile of pooled norms (the first rule): the trials ran at different thresholds and
+learning rates, a solved RNN's norms span four decades, and the clip fraction that maps a threshold
+to a percentile moves with every draw of the sampler; the same command recommended 0.015 once and
+11.6 the next time. What the sweep measured directly is the objective as a function of the searched
+parameters, so the rule works on that surface:
 
-Diverged and pruned trials never enter: their norms (p90 ≈ 1e16 once a run explodes) say nothing
-about a good threshold. The threshold goes with the best trial's learning rate, which is reported
-with it.
+1. **Good trials**: completed, finished trials of the best trial's clip method whose objective is
+   within ``tolerance`` of the best, measured as a fraction of the gap between the best and the
+   worst completed trial (on a log scale when the values span a decade or more: losses do).
+2. **Anchor**: each good trial is scored by a kernel average (width ``bandwidth``, in the searched
+   space normalised to [0, 1] per parameter, log parameters in log space) of its neighbours'
+   quality, pruned and diverged trials counting as worst. The anchor is the best-scored good
+   trial: one lucky trial in a bad neighbourhood loses to a good trial among good ones.
+3. **Centre**: the quality- and kernel-weighted mean of the good trials near the anchor; the
+   recommendation is the good trial nearest to it. So the recommended config was itself trained
+   and scored, lies inside what good trials support by construction, and is exported and
+   reproduced exactly like any trial; its objective is within tolerance of the best.
+
+The uncertainty is the interval of good thresholds at the recommended setting of the other
+parameters (within two bandwidths of it). The norm percentiles are the explanation: where the
+recommended threshold sits in the steady-state norms of the good trials near it, and how often it
+clipped. A fixed ``percentile`` (Pascanu et al.'s norm-statistics rule) instead reads the threshold
+off those norms; when that leaves the good range, the recommendation says so and is marked as an
+extrapolation, which the sweep's export only takes once validation has backed it.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.clipping import ClipMethod
@@ -34,46 +47,59 @@ NORMS_ATTR = "clipsweep.norms"
 """Trial user attribute: the job's norm spans (``NormSegments.to_dict``)."""
 CONFIG_ATTR = "clipsweep.config"
 """Trial user attribute: the job's resolved config (model, task, clip, optim, train)."""
+FIXED_ATTR = "clipsweep.fixed_overrides"
+"""Trial user attribute: the sweep's fixed command-line overrides (what every trial ran with)."""
 PARENT_RUN_ATTR = "clipsweep.parent_run_id"
 """Study user attribute: the MLflow parent run of the latest sweep invocation."""
 TRACKING_URI_ATTR = "clipsweep.tracking_uri"
 """Study user attribute: where that parent run lives."""
 CONCLUDED_ATTR = "clipsweep.concluded"
 """Study user attribute: how many completed trials the last end-of-sweep recommendation covered."""
+VALIDATION_ATTR = "clipsweep.validation"
+"""Study user attribute: the last validation (``Validation.to_dict``), reused by ``export``."""
 
-# Methods whose own parameter is recommended (the median over the best trials), not a norm percentile.
-_OWN_PARAMETER = {ClipMethod.value: "threshold", ClipMethod.zclip: "z_threshold", ClipMethod.agc: "clip_factor"}
-_DEFAULT_CAP_PERCENTILE = 99.0
-_SATURATED_PERCENTILE = 2.0
-"""Below this matched percentile (the best trials clipped over 98% of steps) the rule falls back."""
+_THRESHOLD = "clip.threshold"
+_NEIGHBOURHOOD = 2.0
+"""Good trials within this many bandwidths of the anchor form the centre and the interval."""
 
 
 @dataclass(frozen=True)
 class RecommendSettings:
     """How the recommendation is derived; the CLI flags and ``hydra.sweeper.recommend`` feed it."""
 
-    top_k: int = 3
-    """Best completed trials whose norms are pooled."""
+    tolerance: float = 0.1
+    """Good trials: within this fraction of the best-to-worst gap of the completed trials."""
+    bandwidth: float = 0.15
+    """Kernel width in the normalised search space (0.15 of a 3-decade log range = 0.45 decades)."""
     transient: float = 0.1
-    """Fraction of each trial's planned steps dropped from the start (rounded up to whole tenths)."""
+    """Fraction of each trial's planned steps dropped from the start of its norm statistics."""
     percentile: float | None = None
-    """None: matched to the best trials' clip fraction; a number: that percentile of the pooled norms."""
+    """None: the robust trial; a number: that percentile of the good trials' norms as the threshold."""
 
     def __post_init__(self) -> None:
-        if int(self.top_k) < 1:
-            raise ConfigError("recommend.top_k", self.top_k, "an integer >= 1")
-        if not 0.0 <= float(self.transient) < 1.0:
-            raise ConfigError("recommend.transient", self.transient, "a fraction in [0, 1)")
-        if self.percentile is not None and not 0.0 < float(self.percentile) <= 100.0:
-            raise ConfigError("recommend.percentile", self.percentile, "a percentile in (0, 100], or null")
+        checks = (
+            ("tolerance", self.tolerance, 0.0 <= float(self.tolerance) < 1.0, "a fraction in [0, 1)"),
+            ("bandwidth", self.bandwidth, float(self.bandwidth) > 0.0, "a width > 0 (normalised search space)"),
+            ("transient", self.transient, 0.0 <= float(self.transient) < 1.0, "a fraction in [0, 1)"),
+            (
+                "percentile",
+                self.percentile,
+                self.percentile is None or 0.0 < float(self.percentile) <= 100.0,
+                "a percentile in (0, 100], or null",
+            ),
+        )
+        for key, value, ok, allowed in checks:
+            if not ok:
+                raise ConfigError(f"recommend.{key}", value, allowed)
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any] | None) -> RecommendSettings:
         options = dict(options or {})
         options.pop("validate", None)
-        unknown = sorted(set(options) - {"top_k", "transient", "percentile"})
+        known = {"tolerance", "bandwidth", "transient", "percentile"}
+        unknown = sorted(set(options) - known)
         if unknown:
-            raise ConfigError(f"recommend.{unknown[0]}", options[unknown[0]], "top_k, transient, percentile, validate")
+            raise ConfigError(f"recommend.{unknown[0]}", options[unknown[0]], ", ".join([*sorted(known), "validate"]))
         return cls(**options)
 
 
@@ -86,6 +112,8 @@ class TrialNorms:
     config: dict[str, Any]
     histogram: NormHistogram
     clipped: int
+    params: dict[str, Any] = field(default_factory=dict)
+    fixed: list[str] = field(default_factory=list)
 
     @property
     def clip(self) -> dict[str, Any]:
@@ -102,26 +130,30 @@ class TrialNorms:
 
 @dataclass
 class Recommendation:
-    """The recommended clip config and the evidence it rests on."""
+    """The recommended clip config (and its co-searched parameters) with the evidence it rests on."""
 
     study: str
     objective: str
     direction: str
     clip: dict[str, Any]
-    threshold: float
-    """Global-norm threshold: the recommended one, or for adaptive methods the fixed one it matches."""
-    percentile: float
-    """Where ``threshold`` sits in the pooled steady-state norm distribution."""
-    clip_fraction: float
-    """Share of the pooled steps above ``threshold``: how often it would have clipped."""
-    rule: str
+    params: dict[str, Any]
+    """Every searched parameter of the recommendation (``clip.*``, ``optim.lr``, ...)."""
+    trial: TrialNorms | None
+    """The good trial recommended, or None for an extrapolated (fixed-percentile) threshold."""
     best: TrialNorms
-    pooled: list[TrialNorms]
+    good: list[TrialNorms]
+    """Good trials near the anchor: the centre, the interval and the norm statistics come from them."""
     histogram: NormHistogram
-    best_threshold: float | None
-    """The best trial's own global-norm threshold (None for methods without one)."""
-    best_percentile: float | None = None
-    optim: dict[str, Any] = field(default_factory=dict)
+    threshold: float | None
+    """The recommended global-norm threshold (norm clipping), else None."""
+    interval: tuple[float, float] | None
+    """Good thresholds at the recommended setting of the other parameters: the uncertainty."""
+    percentile: float
+    """Where ``threshold`` sits in the good trials' steady-state norms (0..100; nan without one)."""
+    clip_fraction: float
+    """Share of those steps above ``threshold``: how often it would have clipped."""
+    rule: str
+    extrapolated: bool = False
 
     @property
     def steps(self) -> int:
@@ -129,7 +161,26 @@ class Recommendation:
 
     @property
     def trials(self) -> list[int]:
-        return [t.number for t in self.pooled]
+        return [t.number for t in self.good]
+
+    @property
+    def best_threshold(self) -> float | None:
+        return global_threshold(self.best.clip)
+
+    @property
+    def best_percentile(self) -> float | None:
+        threshold = self.best_threshold
+        return None if threshold is None else percentile_of(self.histogram, threshold)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The full resolved config to train the recommendation with (validation, reproduction)."""
+        base = self.trial or self.best
+        return {**base.config, "clip": dict(self.clip)}
+
+    @property
+    def optim(self) -> dict[str, Any]:
+        return dict(self.config.get("optim", {}))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,50 +188,52 @@ class Recommendation:
             "objective": self.objective,
             "direction": self.direction,
             "clip": dict(self.clip),
+            "params": dict(self.params),
+            "trial": None if self.trial is None else self.trial.number,
+            "value": None if self.trial is None else self.trial.value,
             "threshold": self.threshold,
+            "interval": None if self.interval is None else list(self.interval),
             "percentile": self.percentile,
             "clip_fraction": self.clip_fraction,
             "rule": self.rule,
-            "trials": self.trials,
+            "extrapolated": self.extrapolated,
+            "good_trials": self.trials,
             "steps": self.steps,
             "nonfinite_steps_excluded": self.histogram.nonfinite,
-            "relative_error": self.histogram.relative_error,
             "best_trial": self.best.number,
             "best_value": self.best.value,
             "best_clip": self.best.clip,
-            "best_threshold": self.best_threshold,
-            "best_threshold_percentile": self.best_percentile,
-            "optim": dict(self.optim),
+            "best_params": dict(self.best.params),
+            "optim": self.optim,
         }
 
     def describe(self) -> str:
         """The recommendation and its evidence, as printed at the end of a sweep and by the CLI."""
-        own = {k: v for k, v in self.clip.items() if k != "method"}
-        settings = ", ".join(f"{k}={_short(v)}" for k, v in own.items())
-        lr = self.optim.get("lr")
-        lines = [
-            f"recommended: clip={self.clip.get('method')} {settings}"
-            + (
-                f" (with optim.lr={_short(lr)}, the best trial's: a threshold goes with its learning rate)"
-                if lr
-                else ""
-            ),
-            f"  rule: {self.rule}",
-            f"  threshold {self.threshold:.4g} = p{self.percentile:.1f} of {self.steps} steady-state steps "
-            f"from trials {self.trials} (±{self.histogram.relative_error:.1%}); clips {self.clip_fraction:.1%} "
-            f"of them; {self.histogram.nonfinite} non-finite steps excluded",
-        ]
-        if self.best_threshold is not None:
-            where = f" (p{self.best_percentile:.1f} of the pooled norms)" if self.best_percentile is not None else ""
-            ratio = self.threshold / self.best_threshold if self.best_threshold else math.nan
+        shown = {f"clip.{k}": v for k, v in self.clip.items() if k == "threshold"} | {
+            k: v for k, v in self.params.items() if k != "clip"
+        }
+        settings = " ".join(f"{k}={_short(v)}" for k, v in shown.items())
+        where = "extrapolated: validate it" if self.extrapolated else f"trial {self.trial.number}"  # type: ignore[union-attr]
+        value = "" if self.trial is None else f": {self.objective}={self.trial.value:.5g}"
+        lines = [f"recommended: clip={self.clip.get('method')} {settings}".rstrip() + f" ({where}{value})"]
+        if self.interval is not None:
+            lo, hi = self.interval
             lines.append(
-                f"  best trial {self.best.number}: {self.objective}={self.best.value:.5g} at threshold "
-                f"{self.best_threshold:.4g}{where}; recommendation = {ratio:.2f}x that"
+                f"  uncertainty: thresholds {lo:.3g}..{hi:.3g} were within tolerance of the best there "
+                f"({len(self.good)} good trials)"
             )
-        else:
+        lines.append(f"  rule: {self.rule}")
+        if self.threshold is not None and self.histogram.count:
+            h = self.histogram
             lines.append(
-                f"  best trial {self.best.number}: {self.objective}={self.best.value:.5g}, clip={self.best.clip}"
+                f"  norms of those trials (steady state, {h.count} steps, {h.nonfinite} non-finite excluded): "
+                f"p50 {h.percentile(50):.3g}, p90 {h.percentile(90):.3g}, p99 {h.percentile(99):.3g}; "
+                f"the threshold is p{self.percentile:.0f} and clips {self.clip_fraction:.0%} of steps"
             )
+        lines.append(
+            f"  best trial {self.best.number}: {self.objective}={self.best.value:.5g} "
+            + " ".join(f"{k}={_short(v)}" for k, v in self.best.params.items())
+        )
         return "\n".join(lines)
 
 
@@ -188,29 +241,75 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _norms(trial: FrozenTrial, transient: float) -> tuple[NormHistogram, int]:
+    if NORMS_ATTR not in trial.user_attrs:
+        return NormHistogram(), 0
+    return NormSegments.from_dict(trial.user_attrs[NORMS_ATTR]).steady(transient)
+
+
 def trial_norms(trial: FrozenTrial, transient: float) -> TrialNorms | None:
-    """A completed trial with recorded norms, its transient dropped; None when it cannot be used."""
-    if trial.state != TrialState.COMPLETE or NORMS_ATTR not in trial.user_attrs or trial.value is None:
+    """A completed, finished trial with its steady-state norms; None when it cannot be a candidate."""
+    if trial.state != TrialState.COMPLETE or trial.value is None or CONFIG_ATTR not in trial.user_attrs:
         return None
     if trial.user_attrs.get(STATUS_ATTR, "finished") != "finished":
-        return None  # diverged or stopped runs: their norms say nothing about a good threshold
-    histogram, clipped = NormSegments.from_dict(trial.user_attrs[NORMS_ATTR]).steady(transient)
-    if histogram.count == 0:
-        return None
-    return TrialNorms(trial.number, float(trial.value), dict(trial.user_attrs.get(CONFIG_ATTR, {})), histogram, clipped)
+        return None  # diverged or stopped runs: not a result
+    histogram, clipped = _norms(trial, transient)
+    return TrialNorms(
+        trial.number,
+        float(trial.value),
+        dict(trial.user_attrs[CONFIG_ATTR]),
+        histogram,
+        clipped,
+        dict(trial.params),
+        list(trial.user_attrs.get(FIXED_ATTR, [])),
+    )
 
 
 def global_threshold(clip: Mapping[str, Any]) -> float | None:
     """The fixed global-norm threshold of a clip config, if its method has one."""
-    method = ClipMethod(clip.get("method", "none"))
-    if method is ClipMethod.norm:
-        return float(clip["threshold"])
-    return None
+    return float(clip["threshold"]) if ClipMethod(clip.get("method", "none")) is ClipMethod.norm else None
 
 
 def percentile_of(histogram: NormHistogram, value: float) -> float:
     """Inverse of ``percentile``: where ``value`` sits in the distribution (0..100)."""
-    return 100.0 * (1.0 - histogram.fraction_above(value))
+    return 100.0 * (1.0 - histogram.fraction_above(value)) if histogram.count else math.nan
+
+
+class _Space:
+    """The numeric searched parameters, normalised to [0, 1] (log parameters in log space)."""
+
+    def __init__(self, distributions: Mapping[str, BaseDistribution]) -> None:
+        self.dims = {
+            k: d
+            for k, d in distributions.items()
+            if isinstance(d, FloatDistribution | IntDistribution) and d.high > d.low
+        }
+
+    def point(self, params: Mapping[str, Any]) -> np.ndarray | None:
+        if any(k not in params for k in self.dims):
+            return None
+        return np.array([self._unit(d, float(params[k])) for k, d in self.dims.items()])
+
+    def value(self, key: str, unit: float) -> float:
+        d = self.dims[key]
+        low, high = (math.log(d.low), math.log(d.high)) if d.log else (d.low, d.high)
+        raw = low + unit * (high - low)
+        return math.exp(raw) if d.log else raw
+
+    @staticmethod
+    def _unit(d: FloatDistribution | IntDistribution, x: float) -> float:
+        if d.log:
+            return (math.log(x) - math.log(d.low)) / (math.log(d.high) - math.log(d.low))
+        return (x - d.low) / (d.high - d.low)
+
+
+def _regret(values: np.ndarray, direction: str) -> np.ndarray:
+    """0 for the best, 1 for the worst completed value; log scale when they span a decade or more."""
+    loss = values if direction == "minimize" else -values
+    if (values > 0).all() and values.max() >= 10 * values.min():
+        loss = np.log(values) if direction == "minimize" else -np.log(values)
+    gap = loss.max() - loss.min()
+    return (loss - loss.min()) / gap if gap > 0 else np.zeros_like(loss)
 
 
 def recommend(
@@ -221,82 +320,127 @@ def recommend(
     if len(study.directions) != 1:
         raise ValueError(f"study {study.study_name!r} is multi-objective: pick a solution, no single recommendation")
     direction = study.directions[0].name.lower()
-    usable = [n for t in study.get_trials(deepcopy=False) if (n := trial_norms(t, settings.transient)) is not None]
-    if not usable:
+    trials = study.get_trials(deepcopy=False)
+    candidates = [n for t in trials if (n := trial_norms(t, settings.transient)) is not None]
+    if not candidates:
         raise ValueError(
-            f"study {study.study_name!r} has no completed trial with recorded gradient norms "
-            "(trials from clipsweep sweep record them; diverged and pruned trials are left out)"
+            f"study {study.study_name!r} has no completed trial with a recorded config "
+            "(trials from clipsweep sweep record it; diverged and pruned trials are left out)"
         )
-    usable.sort(key=lambda t: t.value, reverse=direction == "maximize")
-    best = usable[0]
-    same_method = [t for t in usable if t.method is best.method]
-    pooled = same_method[: settings.top_k]
-    histogram = NormHistogram()
-    for t in pooled:
-        histogram.merge(t.histogram)
-    return _derive(study.study_name, objective, direction, best, pooled, histogram, settings)
+    regret = _regret(np.array([c.value for c in candidates]), direction)
+    best = candidates[int(np.argmin(regret))]
+    space = _Space(next(t.distributions for t in trials if t.number == best.number))
+    located = [
+        (c, r, p)
+        for c, r in zip(candidates, regret)
+        if c.method is best.method and (p := space.point(c.params)) is not None
+    ]
+    # Pruned and diverged trials of the same method are evidence too: of a bad neighbourhood.
+    failed = [
+        p
+        for t in trials
+        if (t.state == TrialState.PRUNED or t.user_attrs.get(STATUS_ATTR, "finished") != "finished")
+        and t.params.get("clip", best.method.value) == best.method.value
+        and (p := space.point(t.params)) is not None
+    ]
+    if not space.dims:  # nothing numeric searched: the best trial is the only evidence
+        return _recommendation(study.study_name, objective, direction, settings, best, best, [best], None,
+                               "no numeric parameter searched for this method: the best trial")  # fmt: skip
+    chosen, near, interval, rule = _robust_trial(space, located, failed, settings)
+    return _recommendation(study.study_name, objective, direction, settings, best, chosen, near, interval, rule)
 
 
-def _derive(
+def _robust_trial(
+    space: _Space,
+    located: Sequence[tuple[TrialNorms, float, np.ndarray]],
+    failed: Sequence[np.ndarray],
+    settings: RecommendSettings,
+) -> tuple[TrialNorms, list[TrialNorms], tuple[float, float] | None, str]:
+    """(chosen trial, good trials near it, good thresholds there, the rule in words): steps 2 and 3."""
+    h, tol = settings.bandwidth, settings.tolerance
+    trials = [t for t, _, _ in located]
+    regret = np.array([r for _, r, _ in located])
+    points = np.array([p for _, _, p in located])
+    everyone = np.array([*points, *failed])
+    quality = np.concatenate([1.0 - regret, np.zeros(len(failed))])
+
+    def kernel(at: np.ndarray) -> np.ndarray:
+        return np.exp(-((everyone - at) ** 2).sum(axis=1) / (2 * h * h))
+
+    scores = [float(kernel(p) @ quality / kernel(p).sum()) for p in points]
+    anchor = int(np.argmax(scores))
+    weights = kernel(points[anchor])[: len(points)]
+    close = weights >= math.exp(-(_NEIGHBOURHOOD**2) / 2)
+    local_best = regret[close].min()
+    good = np.flatnonzero(close & (regret <= local_best + tol))
+    w = weights[good] * np.exp(-(regret[good] - local_best) / max(tol, 1e-9))
+    centre = (w[:, None] * points[good]).sum(axis=0) / w.sum()
+    chosen = int(good[np.argmin(((points[good] - centre) ** 2).sum(axis=1))])
+    centre_text = ", ".join(f"{key}={_short(space.value(key, u))}" for key, u in zip(space.dims, centre))
+    rule = (
+        f"the good trial nearest the weighted centre ({centre_text}) of the {len(good)} good trials around trial "
+        f"{trials[anchor].number}, the trial with the best neighbourhood (good: within {tol:.0%} of the "
+        f"best-to-worst gap of the best there; kernel width {h:g})"
+    )
+    return trials[chosen], [trials[k] for k in good], _interval(space, trials, points, good, chosen, h), rule
+
+
+def _interval(
+    space: _Space, trials: Sequence[TrialNorms], points: np.ndarray, good: np.ndarray, chosen: int, h: float
+) -> tuple[float, float] | None:
+    """Good thresholds whose other searched parameters lie within two bandwidths of the chosen trial's."""
+    threshold = global_threshold(trials[chosen].clip)
+    if threshold is None or _THRESHOLD not in space.dims:
+        return None if threshold is None else (threshold, threshold)
+    others = np.arange(len(space.dims)) != list(space.dims).index(_THRESHOLD)
+    values = [
+        float(trials[k].params[_THRESHOLD])
+        for k in good
+        if (np.abs(points[k] - points[chosen])[others] <= _NEIGHBOURHOOD * h).all()
+    ]
+    return (min(values), max(values))
+
+
+def _recommendation(
     study: str,
     objective: str,
     direction: str,
-    best: TrialNorms,
-    pooled: Sequence[TrialNorms],
-    histogram: NormHistogram,
     settings: RecommendSettings,
+    best: TrialNorms,
+    chosen: TrialNorms,
+    near: Sequence[TrialNorms],
+    interval: tuple[float, float] | None,
+    rule: str,
 ) -> Recommendation:
-    method = best.method
-    fractions = [t.clip_fraction for t in pooled if math.isfinite(t.clip_fraction)]
-    fraction = statistics.median(fractions) if fractions else 0.0
-    matched = 100.0 * (1.0 - fraction)
-    if settings.percentile is not None:
-        q, rule = float(settings.percentile), f"p{float(settings.percentile):g} of the pooled steady-state norms"
-    elif method is ClipMethod.none:
-        q = _DEFAULT_CAP_PERCENTILE
-        rule = f"the best trials did not clip: a norm cap at p{q:g} of their norms, above typical steps"
-    else:
-        q = matched
-        rule = (
-            f"matched clip fraction: the median of the top {len(pooled)} trials' clip fractions "
-            f"({fraction:.1%}) read off their pooled norms"
-        )
-    q = min(max(q, 0.0), 100.0)
-    threshold = float(f"{histogram.percentile(q):.4g}")  # 4 digits: well inside the histogram's error
-    clip = dict(best.clip)
-    saturated = settings.percentile is None and method is ClipMethod.norm and q < _SATURATED_PERCENTILE
-    if saturated:
-        # Every step clipped: the thresholds sit below all the norms, where no percentile reaches
-        # (the update is a normalised gradient of length lr x threshold). Their own values decide.
-        thresholds = [float(t.clip["threshold"]) for t in pooled]
-        threshold = float(f"{math.exp(statistics.median(math.log(v) for v in thresholds)):.4g}")
-        q = percentile_of(histogram, threshold)
-        rule = (
-            f"the top {len(pooled)} trials clipped {fraction:.0%} of their steps, so their "
-            "thresholds lie below the norms where no percentile reaches: the median of those thresholds"
-        )
-    if method in (ClipMethod.norm, ClipMethod.none):
-        clip = {"method": ClipMethod.norm.value, "threshold": threshold, "norm_type": float(clip.get("norm_type", 2.0))}
-    elif method is ClipMethod.percentile:
-        clip["percentile"] = q  # AutoClip's own percentile, over its window: same clip fraction
-    else:
-        key = _OWN_PARAMETER[method]
-        clip[key] = float(statistics.median(float(t.clip[key]) for t in pooled))
-        rule = f"median {key} of the top {len(pooled)} trials (no norm-percentile mapping for {method.value})"
-    best_threshold = global_threshold(best.clip)
+    """The chosen trial's config, or with a fixed ``percentile`` the threshold read off the good trials' norms."""
+    histogram = NormHistogram()
+    for t in near:
+        histogram.merge(t.histogram)
+    clip, params, trial, extrapolated = dict(chosen.clip), dict(chosen.params), chosen, False
+    if settings.percentile is not None and best.method in (ClipMethod.norm, ClipMethod.none) and histogram.count:
+        value = float(f"{histogram.percentile(float(settings.percentile)):.4g}")
+        clip = {"method": ClipMethod.norm.value, "threshold": value, "norm_type": float(clip.get("norm_type", 2.0))}
+        params[_THRESHOLD] = value
+        extrapolated = interval is None or not interval[0] <= value <= interval[1]
+        trial = chosen if value == global_threshold(chosen.clip) else None
+        rule = f"p{float(settings.percentile):g} of the steady-state norms of the good trials near {chosen.number}"
+        if extrapolated:
+            rule += ": outside the thresholds the good trials support, so validate it before use"
+    threshold = global_threshold(clip)
     return Recommendation(
         study=study,
         objective=objective,
         direction=direction,
         clip=clip,
-        threshold=threshold,
-        percentile=q,
-        clip_fraction=histogram.fraction_above(threshold),
-        rule=rule,
+        params=params,
+        trial=trial,
         best=best,
-        pooled=list(pooled),
+        good=list(near),
         histogram=histogram,
-        best_threshold=best_threshold,
-        best_percentile=None if best_threshold is None else percentile_of(histogram, best_threshold),
-        optim=dict(best.config.get("optim", {})),
+        threshold=threshold,
+        interval=interval,
+        percentile=math.nan if threshold is None else percentile_of(histogram, threshold),
+        clip_fraction=math.nan if threshold is None or not histogram.count else histogram.fraction_above(threshold),
+        rule=rule,
+        extrapolated=extrapolated,
     )

@@ -30,7 +30,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _study_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    from sweeper.config import SweeperConf
+    from sweeper.config import RecommendConf, SweeperConf
 
     parser = _Parser(prog=f"clipsweep {prog}", description=description)
     parser.add_argument("--study", help="study name (hydra.sweeper.study_name of the sweep)")
@@ -39,10 +39,28 @@ def _study_parser(prog: str, description: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: the one the sweep used)")
     parser.add_argument("--objective", default="val/loss", help="metric name the study optimised")
-    parser.add_argument("--top-k", type=int, default=3, help="best trials whose norms are pooled")
-    parser.add_argument("--transient", type=float, default=0.1, help="fraction of each trial's steps dropped")
-    parser.add_argument("--percentile", type=float, default=None, help="fixed percentile instead of the matched one")
-    parser.add_argument("--validate", type=int, default=0, metavar="K", help="retrain both configs on K fresh seeds")
+    defaults = RecommendConf()
+    parser.add_argument(
+        "--tolerance", type=float, default=defaults.tolerance,
+        help="good trials: within this fraction of the best-to-worst gap (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--bandwidth", type=float, default=defaults.bandwidth,
+        help="neighbourhood width in the normalised search space (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--transient", type=float, default=defaults.transient,
+        help="fraction of each trial's steps left out of its norm statistics (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--percentile", type=float, default=defaults.percentile,
+        help="read the threshold off the good trials' norms at this percentile instead (an extrapolation)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--validate", type=int, default=defaults.validate, metavar="K",
+        help="retrain the recommendation and the best trial's config on K fresh seeds (default: %(default)s; "
+        "a stored validation of the same configs is reused)",
+    )  # fmt: skip
     return parser
 
 
@@ -66,22 +84,25 @@ def _open_study(options: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _recommend(options: argparse.Namespace) -> tuple[Any, Any, Any, str]:
-    from sweeper.recommend import RecommendSettings, recommend
+    from sweeper.recommend import VALIDATION_ATTR, RecommendSettings, recommend
+    from sweeper.validation import Validation, validate
 
+    if options.validate < 0:
+        raise ConfigError("--validate", options.validate, "a number of seeds >= 0")
     study, url = _open_study(options)
-    settings = RecommendSettings(options.top_k, options.transient, options.percentile)
+    settings = RecommendSettings(options.tolerance, options.bandwidth, options.transient, options.percentile)
     try:
         recommendation = recommend(study, settings, options.objective)
     except ValueError as err:
         raise ConfigError("--study", options.study, f"a study with a usable completed trial ({err})") from None
-    validation = None
-    if options.validate:
-        if options.validate < 0:
-            raise ConfigError("--validate", options.validate, "a number of seeds >= 1")
-        from sweeper.validation import validate
-
+    stored = study.user_attrs.get(VALIDATION_ATTR)
+    validation = Validation.from_dict(stored) if stored else None
+    if validation is not None and not validation.covers(recommendation):
+        validation = None  # it compared other configs (other settings, or trials added since)
+    if options.validate and (validation is None or len(validation.seeds) < options.validate):
         tracking = {"uri": _tracking_uri(study, options), "enabled": True}
         validation = validate(recommendation, options.validate, tracking, _parent_run_id(study))
+        study.set_user_attr(VALIDATION_ATTR, validation.to_dict())
     return study, recommendation, validation, url
 
 
@@ -170,15 +191,17 @@ def export_command(args: Sequence[str]) -> int:
     if options.run_id:
         _resolve_run_id(options)
     study, recommendation, validation, url = _recommend(options)
-    clip, which, reason = choose(recommendation, validation, Which(options.which))
-    text = render(clip, source(recommendation, which, reason, mask_url(url)), ExportFormat(options.format))
+    choice = choose(recommendation, validation, Which(options.which))
+    origin = source(recommendation, choice, mask_url(url))
+    text = render(choice.clip, origin, ExportFormat(options.format), choice.params)
     if validation is not None:
         print(validation.describe(), file=sys.stderr)
     if out is None:
         sys.stdout.write(text)
     else:
         write(text, out, options.force)
-        print(f"exported the {which.value} clip config ({reason}) to {out}", file=sys.stderr)
+        print(f"exported the {choice.which.value} clip config ({choice.reason}) to {out}", file=sys.stderr)
+        print(f"  reproduce: {origin['reproduce']}", file=sys.stderr)
     suffix = {"python": "py"}.get(options.format, options.format)
     name = out.name if out is not None else f"best.{suffix}"
     _write_to_parent(study, options, lambda tracker: tracker.log_text(text, f"export/{name}"))

@@ -26,9 +26,12 @@ class Arm:
     """One clip config retrained on K seeds."""
 
     label: str
-    clip: dict[str, Any]
+    config: dict[str, Any]
     values: list[float] = field(default_factory=list)
-    statuses: list[str] = field(default_factory=list)
+
+    @property
+    def clip(self) -> dict[str, Any]:
+        return dict(self.config.get("clip", {}))
 
     @property
     def finite(self) -> list[float]:
@@ -87,26 +90,43 @@ class Validation:
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "objective": self.objective,
+            "direction": self.direction,
             "seeds": self.seeds,
             **{
-                arm.label: {"clip": arm.clip, "values": arm.values, "mean": arm.mean, "std": arm.std}
+                arm.label: {"config": arm.config, "values": arm.values, "mean": arm.mean, "std": arm.std}
                 for arm in (self.recommended, self.best)
             },
             "recommended_wins": self.recommended_wins(),
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Validation:
+        arms = [Arm(label, dict(data[label]["config"]), [float(v) for v in data[label]["values"]])
+                for label in ("recommended", "best")]  # fmt: skip
+        return cls(str(data["objective"]), str(data["direction"]), [int(s) for s in data["seeds"]], *arms)
+
+    def covers(self, recommendation: Recommendation) -> bool:
+        """Whether this validation compared exactly the configs of ``recommendation`` (so it can be reused)."""
+        return (
+            self.recommended.config == recommendation.config
+            and self.best.config == recommendation.best.config
+            and self.objective == recommendation.objective
+        )
+
 
 def retrain(
     config: Mapping[str, Any],
-    clip: Mapping[str, Any],
+    clip: Mapping[str, Any] | None,
     seed: int,
     tracking: Mapping[str, Any],
     run_name: str,
     tags: Mapping[str, str],
 ) -> RunResult:
-    """Train a stored (resolved) config with another clip config and seed."""
+    """Train a stored (resolved) config with another seed (and clip config, unless None)."""
     resolved = copy.deepcopy(dict(config))
-    resolved["clip"] = dict(clip)
+    if clip is not None:
+        resolved["clip"] = dict(clip)
     resolved["train"] = {**resolved.get("train", {}), "seed": int(seed)}
     resolved["tracking"] = {**resolved.get("tracking", {}), **tracking}
     node = OmegaConf.create(resolved)
@@ -122,20 +142,18 @@ def validate(
     tracking: Mapping[str, Any],
     parent_run_id: str | None = None,
 ) -> Validation:
-    """Retrain the recommended and the best trial's clip config on seeds base+1..base+k."""
+    """Retrain the recommended and the best trial's config on seeds base+1..base+k."""
     if k < 1:
         raise ValueError(f"validate={k!r} must be >= 1 seeds")
-    config = recommendation.best.config
-    base = int(config.get("train", {}).get("seed", 0))
+    base = int(recommendation.best.config.get("train", {}).get("seed", 0))
     seeds = [base + i for i in range(1, k + 1)]
-    arms = [Arm("recommended", recommendation.clip), Arm("best", recommendation.best.clip)]
+    arms = [Arm("recommended", recommendation.config), Arm("best", recommendation.best.config)]
     tags = {"clipsweep.role": "validate", "clipsweep.study": recommendation.study}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     for arm in arms:
         for seed in seeds:
-            result = retrain(config, arm.clip, seed, tracking, f"validate-{arm.label}-seed{seed}", tags)
+            result = retrain(arm.config, None, seed, tracking, f"validate-{arm.label}-seed{seed}", tags)
             value = result.val.get(recommendation.objective, math.nan)
             arm.values.append(value if result.status == "finished" else math.nan)
-            arm.statuses.append(result.status)
     return Validation(recommendation.objective, recommendation.direction, seeds, *arms)

@@ -48,10 +48,14 @@ def text_csv(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def config() -> Callable[..., DictConfig]:
-    """Compose the real conf/ with overrides, tracking off unless a test turns it on."""
+    """Compose the real conf/ with overrides, on the CPU with tracking off unless a test says otherwise.
+
+    ``train.device=auto`` would put the model on a GPU where there is one, and the tests compare
+    against CPU references (and CPU bit-exactness); CUDA behaviour has its own ``cuda``-marked tests.
+    """
 
     def make(*overrides: str) -> DictConfig:
-        return compose(["tracking.enabled=false", *overrides])
+        return compose(["tracking.enabled=false", "train.device=cpu", *overrides])
 
     return make
 

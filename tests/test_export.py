@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from sweeper.cli import compose
 from sweeper.errors import ConfigError
-from sweeper.export import ExportFormat, Which, choose, load_clip, render, write
+from sweeper.export import ExportFormat, Which, choose, load_clip, render, source, write
 from sweeper.recommend import Recommendation, TrialNorms
 from sweeper.telemetry import NormHistogram
 from sweeper.validation import Arm, Validation
@@ -42,7 +42,10 @@ CLIPS = [
 @pytest.mark.parametrize("clip", CLIPS, ids=lambda c: c["method"])
 def test_export_yaml_is_a_clip_group_file_hydra_composes_back(tmp_path: Path, clip: dict[str, Any]) -> None:
     text = render(clip, ORIGIN, ExportFormat.yaml)
-    assert text.startswith("# exported by clipsweep") and "study 's', trial 7: val/loss=0.0123" in text
+    assert (
+        text.startswith("# @package _global_\n# exported by clipsweep")
+        and "study 's', trial 7: val/loss=0.0123" in text
+    )
     (tmp_path / "clip").mkdir()
     (tmp_path / "clip" / "best.yaml").write_text(text)
     composed = compose(["clip=best"], config_dir=str(tmp_path))
@@ -99,32 +102,56 @@ def test_export_write_refuses_an_existing_file_unless_forced(tmp_path: Path) -> 
     assert path.read_text() == "new"
 
 
-def _recommendation() -> Recommendation:
+def _recommendation(extrapolated: bool = False) -> Recommendation:
     histogram = NormHistogram()
     histogram.add(np.linspace(0.1, 1.0, 100))
-    best = TrialNorms(3, 0.01, {"clip": {"method": "norm", "threshold": 0.5, "norm_type": 2.0}}, histogram, 40)
+    best_clip, chosen_clip = ({"method": "norm", "threshold": t, "norm_type": 2.0} for t in (0.5, 0.6))
+    best = TrialNorms(3, 0.01, {"clip": best_clip, "optim": {"lr": 0.1}}, histogram, 40, {"clip.threshold": 0.5,
+                      "optim.lr": 0.1}, ["train.steps=20"])  # fmt: skip
+    chosen = TrialNorms(5, 0.011, {"clip": chosen_clip, "optim": {"lr": 0.05}}, histogram, 40, {"clip.threshold": 0.6,
+                        "optim.lr": 0.05}, ["train.steps=20", "search=threshold_lr"])  # fmt: skip
     return Recommendation(
-        "s", "val/loss", "minimize", {"method": "norm", "threshold": 0.6, "norm_type": 2.0}, 0.6, 60.0, 0.4,
-        "rule", best, [best], histogram, 0.5,
+        study="s", objective="val/loss", direction="minimize", clip=chosen_clip, params=chosen.params,
+        trial=None if extrapolated else chosen, best=best, good=[best, chosen], histogram=histogram, threshold=0.6,
+        interval=(0.5, 0.6), percentile=60.0, clip_fraction=0.4, rule="rule", extrapolated=extrapolated,
     )  # fmt: skip
 
 
 def _validation(recommended: list[float], best: list[float]) -> Validation:
     rec = _recommendation()
     return Validation(
-        "val/loss", "minimize", [1, 2], Arm("recommended", rec.clip, recommended), Arm("best", rec.best.clip, best)
+        "val/loss", "minimize", [1, 2], Arm("recommended", rec.config, recommended), Arm("best", rec.best.config, best)
     )
 
 
-def test_export_choose_prefers_a_validated_recommendation_else_the_best() -> None:
+def test_export_choose_takes_the_supported_recommendation_unless_validation_says_otherwise() -> None:
     rec = _recommendation()
-    clip, which, reason = choose(rec, None, Which.auto)
-    assert which is Which.best and clip == rec.best.clip and "not validated" in reason
-    clip, which, reason = choose(rec, _validation([0.01, 0.02], [0.02, 0.03]), Which.auto)
-    assert which is Which.recommended and clip == rec.clip and "at least as good" in reason
-    clip, which, reason = choose(rec, _validation([0.05, 0.06], [0.02, 0.03]), Which.auto)
-    assert which is Which.best and "validated worse" in reason
+    choice = choose(rec, None, Which.auto)
+    assert choice.which is Which.recommended and choice.clip == rec.clip and "not validated" in choice.reason
+    assert choice.params == {"optim.lr": 0.05} and choice.trial.number == 5  # its own lr travels with it
+    choice = choose(rec, _validation([0.01, 0.02], [0.02, 0.03]), Which.auto)
+    assert choice.which is Which.recommended and "at least as good" in choice.reason
+    choice = choose(rec, _validation([0.05, 0.06], [0.02, 0.03]), Which.auto)
+    assert choice.which is Which.best and "validated worse" in choice.reason
+    assert choice.clip == rec.best.clip and choice.params == {"optim.lr": 0.1}
     diverged = _validation([0.001, float("nan")], [0.02, 0.03])
-    assert choose(rec, diverged, Which.auto)[1] is Which.best  # a diverged seed disqualifies it
-    assert choose(rec, None, Which.recommended)[0] == rec.clip
-    assert choose(copy.deepcopy(rec), None, Which.best)[0] == rec.best.clip
+    assert choose(rec, diverged, Which.auto).which is Which.best  # a diverged seed disqualifies it
+    assert choose(_recommendation(extrapolated=True), None, Which.auto).which is Which.best  # unvalidated guess
+    assert choose(rec, None, Which.recommended).clip == rec.clip
+    assert choose(copy.deepcopy(rec), None, Which.best).clip == rec.best.clip
+
+
+def test_export_yaml_carries_the_co_searched_parameters_and_the_reproduce_command(tmp_path: Path) -> None:
+    rec = _recommendation()
+    choice = choose(rec, None, Which.auto)
+    origin = source(rec, choice, "sqlite:///clipsweep.db")
+    assert origin["reproduce"] == "clipsweep run train.steps=20 clip=best"  # the sweep's own choices stay out
+    text = render(choice.clip, origin, ExportFormat.yaml, {**choice.params, "model": "gru"})
+    assert "# uncertainty: thresholds 0.5..0.6" in text and "trial 5: val/loss=0.011" in text
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "best.yaml").write_text(text)
+    composed = compose(["clip=best"], config_dir=str(tmp_path))
+    assert composed.clip.threshold == 0.6 and composed.optim.lr == 0.05 and composed.model.cell.value == "gru"
+    assert compose(["clip=best", "optim.lr=0.3"], config_dir=str(tmp_path)).optim.lr == 0.3  # the command line wins
+    data = json.loads(render(choice.clip, origin, ExportFormat.json, choice.params))
+    assert data["params"] == {"optim.lr": 0.05} and data["source"]["trial"] == 5

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from sweeper.cli import main
-from sweeper.recommend import CONFIG_ATTR, NORMS_ATTR, PARENT_RUN_ATTR
+from sweeper.recommend import CONFIG_ATTR, NORMS_ATTR, PARENT_RUN_ATTR, recommend
 
 FAULTY_MODEL = """
 import torch
@@ -94,10 +94,11 @@ def test_sweep_records_study_parent_and_child_runs_and_results(tmp_path: Path) -
 
     # The sweep ends with a recommendation over the stored norms and an exported clip group file.
     assert all(NORMS_ATTR in t.user_attrs and t.user_attrs[CONFIG_ATTR]["train"]["steps"] == 20 for t in trials)
-    assert "[clipsweep] recommended: clip=norm threshold=" in done.stdout
+    assert "[clipsweep] recommended: clip=norm clip.threshold=" in done.stdout
     exported = results_file.parent / "clip" / "best.yaml"
-    assert "exported the best config" in done.stdout and str(exported.relative_to(tmp_path)) in done.stdout
-    assert yaml.safe_load(exported.read_text())["threshold"] == pytest.approx(study.best_params["clip.threshold"])
+    assert "exported the recommended config" in done.stdout and str(exported.relative_to(tmp_path)) in done.stdout
+    recommendation = recommend(study)
+    assert yaml.safe_load(exported.read_text())["clip"] == recommendation.clip
     assert parent.data.metrics["recommend/threshold"] > 0
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "recommendation")}
     assert logged == {"recommendation/recommendation.json", "recommendation/grad_norms.png"}

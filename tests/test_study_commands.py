@@ -42,7 +42,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_recommend_command_validates_and_logs_to_the_parent_run(in_swept: Path, capsys) -> None:
     assert main(["recommend", "--study", STUDY, "--validate", "1"]) == 0
     out = capsys.readouterr().out
-    assert "recommended: clip=norm threshold=" in out and "validation on seeds [1]" in out
+    assert "recommended: clip=norm clip.threshold=" in out and "validation on seeds [1]" in out
     client, runs = mlflow_runs(in_swept)
     parent_id = load_study(in_swept, STUDY).user_attrs[PARENT_RUN_ATTR]
     parent = client.get_run(parent_id)
@@ -52,31 +52,43 @@ def test_recommend_command_validates_and_logs_to_the_parent_run(in_swept: Path, 
     assert all(r.data.tags["mlflow.parentRunId"] == parent_id for r in validation_runs)
 
 
-def test_export_command_yaml_trains_with_clip_best(in_swept: Path, capsys) -> None:
+def test_export_command_yaml_reproduces_the_exported_trial_with_clip_best(in_swept: Path, capsys) -> None:
+    # The default preset searched the learning rate with the threshold: both must travel.
     out = in_swept / "conf" / "clip" / "best.yaml"
-    assert main(["export", "--study", STUDY, "--out", str(out.relative_to(in_swept))]) == 0
+    assert main(["export", "--study", STUDY, "--which", "best", "--out", str(out.relative_to(in_swept))]) == 0
     assert "exported the best clip config" in capsys.readouterr().err
     exported = yaml.safe_load(out.read_text())
     study = load_study(in_swept, STUDY)
-    assert exported["threshold"] == pytest.approx(study.best_params["clip.threshold"])
-    client, _ = mlflow_runs(in_swept)
+    best = study.best_trial
+    assert exported["clip"]["threshold"] == best.params["clip.threshold"]
+    assert exported["optim"]["lr"] == best.params["optim.lr"]
+    client, runs_before = mlflow_runs(in_swept)
     artifacts = {a.path for a in client.list_artifacts(study.user_attrs[PARENT_RUN_ATTR], "export")}
     assert "export/best.yaml" in artifacts
 
-    # ./conf is on the search path: `clipsweep run clip=best` finds the exported file.
-    done = _cli("run", "clip=best", *TINY, "tracking.enabled=false", "--cfg", "job", cwd=in_swept)
+    # The README's way: the command in the file's header (./conf is on the search path, so
+    # `clip=best` finds the exported file) trains the same trial again, to the last digit on CPU.
+    (command,) = [
+        line[len("# reproduce: ") :] for line in out.read_text().splitlines() if line.startswith("# reproduce")
+    ]
+    assert command.startswith("clipsweep run ") and command.endswith(" clip=best")
+    done = _cli(*command.split()[1:], cwd=in_swept)
     assert done.returncode == 0, done.stderr
-    assert yaml.safe_load(done.stdout)["clip"] == {k: v for k, v in exported.items() if k != "defaults"}
+    _, runs = mlflow_runs(in_swept)
+    (rerun,) = [r for r in runs if r.info.run_id not in {b.info.run_id for b in runs_before}]
+    assert float(rerun.data.params["optim.lr"]) == best.params["optim.lr"]
+    assert rerun.data.metrics["val/loss"] == pytest.approx(best.value, rel=1e-6)
 
 
 def test_export_command_json_by_study_and_by_parent_run_id(in_swept: Path, capsys) -> None:
     assert main(["export", "--study", STUDY, "--format", "json", "--which", "recommended"]) == 0
     by_study = json.loads(capsys.readouterr().out)
     study = load_study(in_swept, STUDY)
-    expected = recommend(study, RecommendSettings()).clip
-    assert by_study["clip"] == expected
+    recommendation = recommend(study, RecommendSettings())
+    expected = recommendation.clip
+    assert by_study["clip"] == expected and by_study["params"] == {"optim.lr": recommendation.params["optim.lr"]}
     assert by_study["source"]["study"] == STUDY and by_study["source"]["which"] == "recommended"
-    assert by_study["source"]["trial"] == study.best_trial.number
+    assert by_study["source"]["trial"] == recommendation.trial.number
 
     parent_id = study.user_attrs[PARENT_RUN_ATTR]
     assert main(["export", "--run-id", parent_id, "--format", "json", "--which", "recommended"]) == 0
@@ -96,7 +108,7 @@ def test_study_commands_refuse_bad_input_without_writing(in_swept: Path, capsys)
     (in_swept / "taken.yaml").write_text("keep")
     cases = [
         (["recommend", "--study", "nope"], "--study='nope' is not allowed: a study in sqlite:///clipsweep.db: one of"),
-        (["recommend", "--study", "all-failed"], "no completed trial with recorded gradient norms"),
+        (["recommend", "--study", "all-failed"], "no completed trial with a recorded config"),
         (["export", "--study", STUDY, "--out", "taken.yaml"], "--out='taken.yaml' is not allowed"),
         (["report", "--study", STUDY, "--storage", "sqlite:///missing.db"], "no such file (run clipsweep sweep first)"),
         (["export", "--run-id", "0123456789abcdef"], "--run-id='0123456789abcdef' is not allowed"),
@@ -115,7 +127,7 @@ def test_calibrate_command_prints_the_threshold_and_writes_a_clip_file(tmp_path:
     done = _cli("calibrate", *TINY, "--steps", "20", "--out", "conf/clip/calibrated.yaml", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "calibrated: clip=norm clip.threshold=" in done.stdout and "pilot: 20 steps" in done.stdout
-    threshold = yaml.safe_load((tmp_path / "conf" / "clip" / "calibrated.yaml").read_text())["threshold"]
+    threshold = yaml.safe_load((tmp_path / "conf" / "clip" / "calibrated.yaml").read_text())["clip"]["threshold"]
     assert f"clip.threshold={threshold:.4g}" in done.stdout
     _, runs = mlflow_runs(tmp_path)
     (pilot,) = [r for r in runs if r.data.tags.get("clipsweep.role") == "calibrate"]
