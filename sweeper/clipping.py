@@ -172,6 +172,20 @@ class ValueClip(Clipper):
         return self._constant(norm, self.threshold), get_total_norm(grads, self.norm_type), clipped
 
 
+def _nanquantile(values: Tensor, q: float) -> Tensor:
+    """``torch.nanquantile(values, q)`` (linear interpolation, NaNs ignored, NaN when all are) in device ops only.
+
+    Some torch releases check their input inside ``nanquantile`` with ``torch.equal``, a host read
+    that is a device sync per step on CUDA; sort + gather + lerp, as ATen computes it, reads nothing.
+    """
+    ordered = torch.sort(values).values  # NaN sorts last
+    count = (~torch.isnan(values)).sum().to(values.dtype)
+    rank = (q * (count - 1)).clamp(min=0).view(1)
+    below = ordered.gather(0, rank.long())
+    above = ordered.gather(0, rank.ceil().long())
+    return below.lerp(above, rank - rank.floor()).squeeze(0)
+
+
 class PercentileClip(Clipper):
     """AutoClip (Seetharaman et al. 2020): threshold = p-th percentile of the last ``history`` norms.
 
@@ -195,7 +209,7 @@ class PercentileClip(Clipper):
     def _clip(self, parameters, grads, norm, finite):
         if self._window is None:
             self._window = torch.full((self.history,), math.nan, dtype=norm.dtype, device=norm.device)
-        quantile = torch.nanquantile(self._window, self.percentile / 100.0)
+        quantile = _nanquantile(self._window, self.percentile / 100.0)
         threshold = torch.fmin(quantile, self._constant(norm, self.cap))  # fmin: NaN (empty) → cap
         _scale_to(grads, norm, threshold)
         self._window[self._next] = torch.where(finite, norm, self._constant(norm, math.nan))

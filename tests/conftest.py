@@ -122,6 +122,11 @@ def postgres_url() -> Iterator[str]:
     yield from _fresh_database(f"clipsweep_test_{uuid.uuid4().hex[:10]}")
 
 
+def with_pythonpath(path: Path) -> dict[str, str]:
+    """An environment that also imports from ``path`` (a user's own package), keeping the current path."""
+    return {"PYTHONPATH": os.pathsep.join(filter(None, [str(path), os.environ.get("PYTHONPATH")]))}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import TINY, load_study, mlflow_runs, run_sweep
+from conftest import TINY, load_study, mlflow_runs, run_sweep, with_pythonpath
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
@@ -45,7 +45,7 @@ def _faulty_setup(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "mine" / "model" / "faulty.yaml").write_text(
         "_target_: faulty_model.FaultyModel\nmode: ok\ncell: lstm\nhidden_size: 8\n"
     )
-    return {"PYTHONPATH": str(tmp_path)}
+    return with_pythonpath(tmp_path)
 
 
 def test_sweep_records_study_parent_and_child_runs_and_results(tmp_path: Path) -> None:
