@@ -1,79 +1,123 @@
-"""Calibration: one pilot run that yields a norm-clipping threshold, for a fraction of a sweep.
+"""Calibration: a norm-clipping threshold for the configured run at a fraction of a sweep's compute.
 
-The pilot trains the configured model and task at a stable learning rate (``lr_scale`` times the
-configured one) with only a safety cap, then recommends the ``percentile``-th of its steady-state
-pre-clip norms for training at the configured rate. Why not an unclipped pilot at the configured
-rate: where clipping matters that run explodes or, worse, sits stuck at chance with huge norms and no
-NaN to warn anyone, and its percentiles mean nothing. Pascanu et al. derive the threshold from the
-norms of stable updates in the same way; the bound is what lets the higher rate train.
+One pilot cannot do it alone: the threshold that trains best depends on the learning rate in ways
+the pilot's norm statistics do not show (a stuck tanh RNN has large norms and no NaN; a GRU's best
+thresholds sit above every steady-state norm). So the pilot only anchors the scale, and a budgeted
+multi-fidelity search decides:
+
+1. **Pilot** (``pilot_share`` of the budget): the configured model, task and learning rate with
+   only a safety ``cap``; its steady-state norm median ``m`` anchors the grid.
+2. **Grid**: ``grid`` thresholds log-spaced over ``spread`` decades centred on ``m``.
+3. **Successive halving**: every threshold trains a short run from scratch; the better ``1/eta``
+   (by the objective on the validation set) go on to a run ``eta`` times longer, until one is
+   left. Rung lengths are set so the whole search spends the ``budget`` (a fraction of
+   ``train.steps``; the default 0.8 is under a tenth of a 12-trial sweep's steps).
+
+The winner is the threshold; the cost is printed and logged. Short runs rank thresholds by how
+fast they learn and whether they stay stable, which is what clipping changes; a task that only
+separates good from bad thresholds late needs a larger ``budget`` (the benchmark's table says
+where).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.errors import ConfigError
 from sweeper.telemetry import NormHistogram
-from sweeper.tracking import Tracker
+from sweeper.tracking import NullTracker, Tracker
 from sweeper.training import RunResult, build, train
+
+
+def _setting(default: Any, help: str) -> Any:
+    """A setting with its help text, which ``clipsweep calibrate --help`` prints beside the default."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class CalibrateSettings:
-    lr_scale: float = 0.3
-    """The pilot's learning rate as a fraction of the configured ``optim.lr``."""
-    percentile: float = 90.0
-    """Percentile of the pilot's steady-state norms that becomes the threshold."""
-    cap: float = 10.0
-    """Safety norm cap during the pilot (far above typical norms: it only stops a blow-up)."""
-    transient: float = 0.1
-    steps: int | None = None
-    """Pilot steps; None: half of ``train.steps`` (at least 10): the norms settle long before a run ends."""
+    budget: float = _setting(0.8, "optimizer steps the whole calibration may spend, as a multiple of train.steps")
+    pilot_share: float = _setting(0.15, "share of the budget spent on the pilot that anchors the grid")
+    grid: int = _setting(8, "thresholds in the first rung")
+    spread: float = _setting(3.0, "decades the grid spans, centred on the pilot's median norm")
+    eta: int = _setting(2, "each rung keeps the best 1/eta and trains them eta times longer")
+    cap: float = _setting(10.0, "safety norm cap of the pilot (far above typical norms: it only stops a blow-up)")
+    transient: float = _setting(0.1, "fraction of the pilot's steps left out of its norm statistics")
+    objective: str = _setting("val/loss", "validation metric that ranks thresholds (val/accuracy is maximised)")
 
     def __post_init__(self) -> None:
         checks = (
-            ("--lr-scale", self.lr_scale, 0 < self.lr_scale <= 1, "a fraction in (0, 1]"),
-            ("--percentile", self.percentile, 0 < self.percentile <= 100, "a percentile in (0, 100]"),
+            ("--budget", self.budget, self.budget > 0, "a multiple of train.steps > 0"),
+            ("--pilot-share", self.pilot_share, 0 < self.pilot_share < 1, "a fraction in (0, 1)"),
+            ("--grid", self.grid, self.grid >= 2, "an integer >= 2"),
+            ("--spread", self.spread, self.spread > 0, "decades > 0"),
+            ("--eta", self.eta, self.eta >= 2, "an integer >= 2"),
             ("--cap", self.cap, self.cap > 0, "a norm > 0"),
             ("--transient", self.transient, 0 <= self.transient < 1, "a fraction in [0, 1)"),
-            ("--steps", self.steps, self.steps is None or self.steps >= 10, "an integer >= 10"),
         )
         for key, value, ok, allowed in checks:
             if not ok:
                 raise ConfigError(key, value, allowed)
 
+    def rungs(self) -> list[int]:
+        """Arms per rung: grid, grid/eta, ... down to 2 (the last comparison)."""
+        arms, counts = self.grid, []
+        while arms >= 2:
+            counts.append(arms)
+            arms = math.ceil(arms / self.eta) if arms > 2 else 1
+        return counts
+
+
+@dataclass
+class Arm:
+    threshold: float
+    scores: list[tuple[int, float]] = field(default_factory=list)
+    """(steps, objective) of each rung it ran."""
+
 
 @dataclass
 class Calibration:
     threshold: float
-    percentile: float
+    pilot: RunResult
     histogram: NormHistogram
     lr: float
-    pilot_lr: float
-    result: RunResult
-    examples: int
+    arms: list[Arm]
+    steps: int
+    """Optimizer steps spent in all, pilot included."""
     seconds: float
+    objective: str
 
     @property
     def clip(self) -> dict[str, Any]:
         return {"method": "norm", "threshold": self.threshold, "norm_type": 2.0}
 
     def describe(self, sweep_steps: int) -> str:
-        share = self.result.steps / sweep_steps if sweep_steps else float("nan")
+        share = self.steps / sweep_steps if sweep_steps else math.nan
+        h = self.histogram
+        rungs = sorted({s for a in self.arms for s, _ in a.scores})
+        table = [
+            f"    {a.threshold:<9.3g}" + "".join(f"{dict(a.scores).get(s, math.nan):>12.4g}" for s in rungs)
+            for a in sorted(self.arms, key=lambda a: a.threshold)
+        ]
         return "\n".join(
             [
                 f"calibrated: clip=norm clip.threshold={self.threshold:.4g} for optim.lr={self.lr:.4g}",
-                f"  = p{self.percentile:g} of {self.histogram.count} steady-state pre-clip norms of a pilot at "
-                f"lr {self.pilot_lr:.4g} ({self.histogram.nonfinite} non-finite steps excluded)",
-                f"  pilot: {self.result.steps} steps, {self.examples} examples, {self.seconds:.1f} s; "
-                f"{share:.1%} of the steps of a sweep with {sweep_steps} trial-steps; "
-                f"pilot {', '.join(f'{k} {v:.4g}' for k, v in self.result.val.items())}",
+                f"  pilot: {self.pilot.steps} steps; steady-state norms p50 {h.percentile(50):.3g}, "
+                f"p90 {h.percentile(90):.3g} ({h.nonfinite} non-finite steps excluded)",
+                f"  successive halving over {len(self.arms)} thresholds, {self.objective} after "
+                + ", ".join(f"{s} steps" for s in rungs)
+                + ":",
+                *table,
+                f"  cost: {self.steps} optimizer steps, {self.seconds:.1f} s; {share:.1%} of the steps of a sweep "
+                f"with {sweep_steps} trial-steps",
                 f"  train with it: clipsweep run clip=norm clip.threshold={self.threshold:.4g}",
             ]
         )
@@ -81,46 +125,66 @@ class Calibration:
     def metrics(self) -> dict[str, float]:
         return {
             "calibrate/threshold": self.threshold,
-            "calibrate/steps": float(self.result.steps),
-            "calibrate/examples": float(self.examples),
+            "calibrate/steps": float(self.steps),
             "calibrate/seconds": self.seconds,
+            "calibrate/pilot_norm_p50": self.histogram.percentile(50),
         }
 
 
-def pilot_config(config: DictConfig | Mapping[str, Any], settings: CalibrateSettings) -> DictConfig:
-    resolved = copy.deepcopy(
-        OmegaConf.to_container(config, resolve=True, enum_to_str=True) if isinstance(config, DictConfig) else config
-    )
-    resolved["clip"] = {"method": "norm", "threshold": settings.cap, "norm_type": 2.0}
-    resolved["optim"]["lr"] = float(resolved["optim"]["lr"]) * settings.lr_scale
-    steps = settings.steps if settings.steps is not None else max(10, int(resolved["train"]["steps"]) // 2)
-    resolved["train"]["steps"] = steps
-    resolved["train"]["eval_every"] = min(int(resolved["train"]["eval_every"]), steps)
+def _with(config: Mapping[str, Any], clip: Mapping[str, Any], steps: int) -> DictConfig:
+    resolved = copy.deepcopy(dict(config))
+    resolved["clip"] = dict(clip)
+    resolved["train"] = {**resolved["train"], "steps": steps, "eval_every": steps}
     return OmegaConf.create(resolved)
 
 
+def pilot_config(config: DictConfig, settings: CalibrateSettings) -> DictConfig:
+    resolved = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
+    budget = settings.budget * int(resolved["train"]["steps"])
+    steps = max(10, round(budget * settings.pilot_share))
+    return _with(resolved, {"method": "norm", "threshold": settings.cap, "norm_type": 2.0}, steps)
+
+
+def _score(result: RunResult, objective: str) -> float:
+    """Lower is better; a diverged or stopped run is worst."""
+    value = result.val.get(objective, math.nan)
+    if result.status != "finished" or not math.isfinite(value):
+        return math.inf
+    return -value if objective.endswith("accuracy") else value
+
+
 def calibrate(config: DictConfig, settings: CalibrateSettings, tracker: Tracker) -> Calibration:
-    """Run the pilot and derive the threshold; ValueError when the pilot gives nothing to read."""
-    pilot = pilot_config(config, settings)
+    """Pilot, grid, successive halving; ValueError when the pilot gives no norm to anchor on."""
     started = time.perf_counter()
+    pilot = pilot_config(config, settings)
     result = train(build(pilot), tracker, run_name="calibrate", tags={"clipsweep.role": "calibrate"})
-    seconds = time.perf_counter() - started
     histogram, _ = result.summary.segments.steady(settings.transient)
-    if result.diverged or histogram.count == 0:
+    if histogram.count == 0:
         raise ValueError(
-            f"the pilot at lr {pilot.optim.lr:.4g} diverged: its norms mean nothing; lower --lr-scale "
-            f"(now {settings.lr_scale:g})"
+            f"the pilot ({result.steps} steps at lr {float(pilot.optim.lr):.4g}, cap {settings.cap:g}) recorded no "
+            "finite gradient norm: lower the learning rate or --cap"
         )
-    threshold = float(f"{histogram.percentile(settings.percentile):.4g}")
-    examples = result.steps * int(pilot.train.batch_size) * int(pilot.train.accumulate)
-    calibration = Calibration(
-        threshold,
-        settings.percentile,
-        histogram,
-        float(config.optim.lr),
-        float(pilot.optim.lr),
-        result,
-        examples,
-        seconds,
-    )
-    return calibration
+    centre = max(histogram.percentile(50), 1e-12)
+    grid = centre * np.logspace(-settings.spread / 2, settings.spread / 2, settings.grid)
+    arms = [Arm(float(f"{t:.3g}")) for t in grid]
+    rungs = settings.rungs()
+    base = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
+    remaining = settings.budget * int(base["train"]["steps"]) - result.steps
+    # Rung k trains rungs[k] arms for r * eta**k steps: the budget fixes r.
+    unit = max(1, int(remaining / sum(n * settings.eta**k for k, n in enumerate(rungs))))
+    spent, alive = result.steps, arms
+    for k, _ in enumerate(rungs):
+        steps = unit * settings.eta**k
+        for arm in alive:
+            run = train(build(_with(base, {"method": "norm", "threshold": arm.threshold, "norm_type": 2.0}, steps)),
+                        NullTracker())  # fmt: skip
+            arm.scores.append((steps, _score(run, settings.objective)))
+            spent += run.steps
+        alive = sorted(alive, key=lambda a: a.scores[-1][1])[: max(1, math.ceil(len(alive) / settings.eta))]
+    winner = alive[0]
+    for arm in arms:  # report the objective as measured, not the internal sign
+        arm.scores = [(s, -v if settings.objective.endswith("accuracy") else v) for s, v in arm.scores]
+    return Calibration(
+        winner.threshold, result, histogram, float(config.optim.lr), arms, spent, time.perf_counter() - started,
+        settings.objective,
+    )  # fmt: skip

@@ -229,27 +229,31 @@ def report_command(args: Sequence[str]) -> int:
 
 
 def calibrate_command(args: Sequence[str]) -> int:
-    """One pilot run at a stable learning rate → a norm threshold for the configured one, no sweep."""
+    """A norm threshold for the configured run without a sweep: a pilot anchors a log grid of thresholds,
+    successive halving over short runs picks one, within a budget of optimizer steps."""
+    from dataclasses import fields
+
     from sweeper.calibrate import CalibrateSettings, calibrate
-    from sweeper.cli import _check_buildable, _one_line, compose
+    from sweeper.cli import _check_buildable, _one_line, _split_hydra_args, compose
     from sweeper.config import SweeperConf
     from sweeper.export import refuse_existing, write
     from sweeper.tracking import make_tracker
 
     parser = _Parser(prog="clipsweep calibrate", description=calibrate_command.__doc__)
-    parser.add_argument("--lr-scale", type=float, default=CalibrateSettings.lr_scale)
-    parser.add_argument("--percentile", type=float, default=CalibrateSettings.percentile)
-    parser.add_argument("--cap", type=float, default=CalibrateSettings.cap)
-    parser.add_argument("--transient", type=float, default=CalibrateSettings.transient)
-    parser.add_argument("--steps", type=int, default=None, help="pilot steps (default: train.steps)")
+    for spec in fields(CalibrateSettings):
+        parser.add_argument(
+            f"--{spec.name.replace('_', '-')}", type=type(spec.default), default=spec.default,
+            help=f"{spec.metadata['help']} (default: %(default)s)",
+        )  # fmt: skip
     parser.add_argument("--out", default=None, help="also write the threshold as a clip/ group file")
-    parser.add_argument("--force", action="store_true")
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     options, overrides = parser.parse_known_args(list(args))
-    settings = CalibrateSettings(options.lr_scale, options.percentile, options.cap, options.transient, options.steps)
+    settings = CalibrateSettings(**{f.name: getattr(options, f.name) for f in fields(CalibrateSettings)})
     out = Path(options.out) if options.out else None
     refuse_existing(out, options.force)
+    overrides, config_dir, config_name = _split_hydra_args(overrides)
     try:
-        config = compose(overrides)
+        config = compose(overrides, config_dir, config_name)
     except Exception as err:
         raise UsageError(_one_line(err)) from None
     error = _check_buildable(config)
@@ -279,12 +283,12 @@ def calibrate_command(args: Sequence[str]) -> int:
         origin = {
             "study": "calibrate",
             "storage": None,
-            "trial": "pilot",
-            "objective": "val/loss",
-            "direction": "minimize",
-            "value": calibration.result.val.get("val/loss", math.nan),
+            "trial": None,
+            "objective": settings.objective,
+            "direction": "maximize" if settings.objective.endswith("accuracy") else "minimize",
+            "value": None,
             "which": "calibrated",
-            "reason": f"p{settings.percentile:g} of a pilot at lr x{settings.lr_scale:g}",
+            "reason": f"successive halving over {settings.grid} thresholds, {calibration.steps} steps",
             "optim": dict(config.optim),
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

@@ -1,59 +1,80 @@
-"""Calibration: a real pilot run logged to a real MLflow store, its threshold checked against numpy."""
+"""Calibration: a real pilot logged to a real MLflow store, the grid anchored on its norms (checked against
+numpy), successive halving that spends its budget and keeps what a direct run of each arm says is better."""
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
 from sweeper.calibrate import CalibrateSettings, calibrate
 from sweeper.errors import ConfigError
 from sweeper.tracking import NullTracker, make_tracker
+from sweeper.training import build, train
 
 TINY = ("model.hidden_size=8", "task.seq_len=10", "task.val_size=32", "train.batch_size=8", "train.eval_every=10")
 
 
-def test_calibrate_threshold_is_the_percentile_of_the_pilots_steady_norms(config, tmp_path: Path) -> None:
+def test_calibrate_anchors_the_grid_on_the_pilots_norms_and_spends_its_budget(config, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    base = config(*TINY, "train.steps=80", "optim.lr=0.2", "tracking.enabled=true", f"tracking.uri={uri}")
+    base = config(*TINY, "train.steps=100", "optim.lr=0.2", "tracking.enabled=true", f"tracking.uri={uri}")
+    settings = CalibrateSettings(budget=1.0, pilot_share=0.2, grid=4, spread=2.0, transient=0.2)
     tracker = make_tracker(uri, "clipsweep", True)
-    calibration = calibrate(base, CalibrateSettings(lr_scale=0.5, percentile=80, transient=0.2), tracker)
+    calibration = calibrate(base, settings, tracker)
     tracker.flush()
 
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(tracker.run_id)
-    assert float(run.data.params["optim.lr"]) == pytest.approx(0.1)  # the pilot's stable rate
+    assert float(run.data.params["optim.lr"]) == pytest.approx(0.2)  # the pilot runs at the configured rate
     assert run.data.params["clip.method"] == "norm" and float(run.data.params["clip.threshold"]) == 10.0
     assert run.data.tags["clipsweep.role"] == "calibrate"
     text = Path(client.download_artifacts(tracker.run_id, "telemetry/steps.csv", str(tmp_path))).read_text()
-    norms = [float(r["grad/norm"]) for r in csv.DictReader(io.StringIO(text)) if int(r["step"]) >= 8]
-    assert calibration.histogram.count == len(norms) == 32
-    expected = np.percentile(norms, 80)
-    assert calibration.threshold == pytest.approx(expected, rel=calibration.histogram.relative_error + 1e-3)
-    assert calibration.lr == 0.2 and calibration.examples == 40 * 8
+    norms = [float(r["grad/norm"]) for r in csv.DictReader(io.StringIO(text)) if int(r["step"]) >= 4]
+    assert calibration.pilot.steps == 20 and calibration.histogram.count == len(norms) == 16
+    median = np.percentile(norms, 50)
+    expected = median * np.logspace(-1, 1, 4)
+    thresholds = [a.threshold for a in calibration.arms]
+    assert thresholds == pytest.approx(expected, rel=calibration.histogram.relative_error + 2e-3)
+
+    # Rungs of 4 and 2 arms, r and 2r steps: 4r + 4r = 80 steps after the pilot's 20.
+    assert [len(a.scores) for a in calibration.arms].count(2) == 2
+    assert calibration.steps == 20 + 4 * 10 + 2 * 20 <= 100
+    finalists = [a for a in calibration.arms if len(a.scores) == 2]
+    resolved = OmegaConf.to_container(base, resolve=True)
+    direct = {}
+    for arm in finalists:  # the oracle: each finalist trained directly, as a user would
+        resolved |= {"clip": {"method": "norm", "threshold": arm.threshold, "norm_type": 2.0}}
+        resolved["train"] |= {"steps": 20, "eval_every": 20}
+        direct[arm.threshold] = train(build(OmegaConf.create(resolved)), NullTracker()).val["val/loss"]
+        assert arm.scores[-1] == (20, direct[arm.threshold])
+    assert calibration.threshold == min(direct, key=direct.get)
     assert calibration.clip == {"method": "norm", "threshold": calibration.threshold, "norm_type": 2.0}
-    assert "of a sweep with 800 trial-steps" in calibration.describe(800)
+    assert "of the steps of a sweep with 2000 trial-steps" in calibration.describe(2000)
 
 
-def test_calibrate_steps_override_shortens_the_pilot(config) -> None:
-    calibration = calibrate(config(*TINY, "train.steps=200"), CalibrateSettings(steps=20), NullTracker())
-    assert calibration.result.steps == 20 and calibration.histogram.count == 18
-
-
-def test_calibrate_refuses_a_diverged_pilot(config) -> None:
+def test_calibrate_refuses_a_pilot_without_finite_norms(config) -> None:
     exploding = config(*TINY, "train.steps=30", "optim=sgd", "optim.lr=1e30")
-    with pytest.raises(ValueError, match="diverged: its norms mean nothing; lower --lr-scale"):
-        calibrate(exploding, CalibrateSettings(lr_scale=1.0, cap=1e30), NullTracker())
+    with pytest.raises(ValueError, match="recorded no finite gradient norm"):
+        calibrate(exploding, CalibrateSettings(cap=1e30, pilot_share=0.5), NullTracker())
+
+
+def test_calibrate_settings_rungs_halve_down_to_two() -> None:
+    assert CalibrateSettings(grid=8, eta=2).rungs() == [8, 4, 2]
+    assert CalibrateSettings(grid=9, eta=3).rungs() == [9, 3]
+    assert CalibrateSettings(grid=2).rungs() == [2]
+    assert all(math.isfinite(v) for v in CalibrateSettings().__dict__.values() if isinstance(v, float))
 
 
 @pytest.mark.parametrize(
     ("options", "flag"),
-    [({"lr_scale": 0}, "--lr-scale"), ({"percentile": 120}, "--percentile"), ({"cap": -1}, "--cap"),
-     ({"transient": 1}, "--transient"), ({"steps": 2}, "--steps")],
+    [({"budget": 0}, "--budget"), ({"pilot_share": 1}, "--pilot-share"), ({"grid": 1}, "--grid"),
+     ({"spread": 0}, "--spread"), ({"eta": 1}, "--eta"), ({"cap": -1}, "--cap"), ({"transient": 1}, "--transient")],
 )  # fmt: skip
 def test_calibrate_settings_reject_bad_values(options: dict, flag: str) -> None:
     with pytest.raises(ConfigError, match=f"{flag}="):

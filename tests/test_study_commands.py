@@ -124,14 +124,18 @@ def test_study_commands_refuse_bad_input_without_writing(in_swept: Path, capsys)
 
 
 def test_calibrate_command_prints_the_threshold_and_writes_a_clip_file(tmp_path: Path) -> None:
-    done = _cli("calibrate", *TINY, "--steps", "20", "--out", "conf/clip/calibrated.yaml", cwd=tmp_path)
+    (tmp_path / "mine" / "model").mkdir(parents=True)  # a user's config dir, as `run` and `sweep` accept it
+    (tmp_path / "mine" / "model" / "small.yaml").write_text("defaults:\n  - /schema/model@_here_: rnn\n  - _self_\n")
+    args = ("--config-dir", "mine", "model=small", *TINY, "train.steps=40", "--budget", "1", "--grid", "4")
+    done = _cli("calibrate", *args, "--out", "conf/clip/calibrated.yaml", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "calibrated: clip=norm clip.threshold=" in done.stdout and "pilot: 20 steps" in done.stdout
+    assert "calibrated: clip=norm clip.threshold=" in done.stdout and "pilot: 10 steps" in done.stdout
     threshold = yaml.safe_load((tmp_path / "conf" / "clip" / "calibrated.yaml").read_text())["clip"]["threshold"]
     assert f"clip.threshold={threshold:.4g}" in done.stdout
     _, runs = mlflow_runs(tmp_path)
     (pilot,) = [r for r in runs if r.data.tags.get("clipsweep.role") == "calibrate"]
     assert pilot.info.status == "FINISHED" and pilot.data.metrics["calibrate/threshold"] == threshold
-    assert pilot.data.metrics["calibrate/steps"] == 20
+    spent = int(pilot.data.metrics["calibrate/steps"])
+    assert 10 < spent <= 40 and f"cost: {spent} optimizer steps" in done.stdout
     bad = _cli("calibrate", "model.hidden_size=-3", cwd=tmp_path)
     assert bad.returncode == 2 and "model" in bad.stderr and bad.stderr.count("\n") == 1
