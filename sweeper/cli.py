@@ -8,15 +8,17 @@ naming the key, the value and what is allowed, before any training and before an
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sweeper import study_commands
-from sweeper.errors import ConfigError, UsageError
+from sweeper.errors import ConfigError, SweepFailed, UsageError
 
 if TYPE_CHECKING:
     from sweeper.hydra_sweeper import SweepPlan
@@ -257,6 +259,9 @@ def run_command(args: Sequence[str], validated: bool = False) -> int:
         # The running trial was marked and re-enqueued, its MLflow run closed as KILLED.
         print(f"[clipsweep] interrupted ({err or 'SIGINT'}): stopped cleanly", file=sys.stderr, flush=True)
         return 130
+    except SweepFailed as err:
+        print(f"clipsweep: {err}", file=sys.stderr, flush=True)
+        return 1
     finally:
         sys.argv = saved
     return 0
@@ -294,13 +299,57 @@ def _plan_sweep_line(args: Sequence[str]) -> SweepPlan:
         raise UsageError(_one_line(err)) from None
     task_arguments = [o.input_line for o in parsed if not o.key_or_group.startswith("hydra")]
     settings = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
+    config_hydra_sweep_dir = config.hydra.sweep.dir
     with open_dict(config):
         del config["hydra"]
     _require_buildable(config)
     plan = plan_sweep(settings, task_arguments)
+    _require_searched_keys(plan, fixed, config_dir, config_name)
+    _require_creatable(str(config_hydra_sweep_dir))
     storage = open_storage(plan.storage_url, plan.heartbeat_interval, plan.grace_period, plan.max_retry)
     open_study_if_exists(storage, plan.study_name, plan.directions)
     return plan
+
+
+def _require_searched_keys(plan: SweepPlan, fixed: Sequence[str], config_dir: str | None, config_name: str) -> None:
+    """Every searched key must exist in every config the searched group choices compose: a key the
+    config lacks would otherwise fail (and spend) every trial that samples it."""
+    missing = object()
+
+    def exists(choices: Mapping[str, Any], key: str) -> bool:
+        try:
+            config = compose([*fixed, *(f"{k}={v}" for k, v in choices.items())], config_dir, config_name)
+        except Exception as err:
+            where = " ".join(f"{k}={v}" for k, v in choices.items())
+            raise UsageError(f"the search space's choice {where} does not compose: {_one_line(err)}") from None
+        return OmegaConf.select(config, key, default=missing) is not missing
+
+    found = plan.space.missing_keys(exists)
+    if found is not None:
+        key, choices = found
+        where = " with " + " ".join(f"{k}={v}" for k, v in choices.items()) if choices else ""
+        hint = (
+            " (search a method's own parameter only where it applies: search=method_threshold)"
+            if choices
+            else " (a search preset may add it: search=none searches only what the command line gives)"
+        )
+        distribution = next(p.distribution for p in plan.space.parameters if p.name == key)
+        raise ConfigError(
+            f"hydra.sweeper.params.{key}", distribution, f"a key of the config{where}: it has no '{key}'{hint}"
+        )
+
+
+def _require_creatable(directory: str) -> None:
+    """``hydra.sweep.dir`` must be a directory this process can create, checked before any store is touched
+    (a probe directory made and removed at once where it would go: permission bits alone do not tell)."""
+    path = Path(directory).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            raise OSError(f"{existing} is not a directory")
+        os.rmdir(tempfile.mkdtemp(dir=existing))
+    except OSError as err:
+        raise ConfigError("hydra.sweep.dir", directory, f"a directory that can be created ({err})") from None
 
 
 def init_command(args: Sequence[str]) -> int:

@@ -28,3 +28,20 @@ class UsageError(Exception):
 
     The CLI prints its message as one line and exits 2, like a ConfigError.
     """
+
+
+class SweepFailed(SystemExit):
+    """A sweep that ran but failed as a whole (failures beyond ``max_failure_rate``): exit code 1.
+
+    Raised after the sweep has closed its runs and written its results, so that a pipeline can tell
+    a failed sweep from a good one; the message carries the most common failure reasons. A
+    ``SystemExit`` so that it passes Hydra's ``run_and_report``, which turns any ``Exception`` into
+    a printed traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(1)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

@@ -88,7 +88,9 @@ def choose(recommendation: Recommendation, validation: Validation | None, which:
 
 def reproduce_command(choice: Choice, config_dir: Path | None = None) -> str:
     """The command that retrains the exported trial: its sweep's fixed overrides, then ``clip=best``."""
-    fixed = [] if choice.trial is None else [o for o in choice.trial.fixed if not o.startswith(("hydra.", "search="))]
+    # The exported file owns the clip config; search presets and hydra.* only steer the sweep.
+    owned = ("hydra.", "search=", "clip=", "clip.", "+clip.", "++clip.", "~clip")
+    fixed = [] if choice.trial is None else [o for o in choice.trial.fixed if not o.startswith(owned)]
     where = [] if config_dir is None else [f"--config-dir {config_dir}"]
     return " ".join(["clipsweep run", *where, *fixed, "clip=best"])
 

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from sweeper import study as studies
-from sweeper.errors import ConfigError
+from sweeper.errors import ConfigError, SweepFailed
 from sweeper.export import ExportFormat, Which, choose, render, reproduce_command, source
 from sweeper.recommend import (
     CONCLUDED_ATTR,
@@ -50,6 +50,7 @@ from sweeper.tracking import Tracker, make_tracker
 
 _DIRECTIONS = ("minimize", "maximize")
 _POLL_SECONDS = 2.0
+_FAILED_PREFIX = "sweep failed: "
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -209,6 +210,8 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> list[FrozenTrial]:
         plan = plan_sweep(self._settings(), arguments)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)  # before either store is written: a bad dir writes nothing
         study = open_planned_study(plan)
         for params in plan.enqueue:
             study.enqueue_trial(params, skip_if_exists=True)
@@ -230,8 +233,6 @@ class OptunaSweeper(Sweeper):
         if parent.run_id:  # where `clipsweep export` logs the exported file later
             study.set_user_attr(PARENT_RUN_ATTR, parent.run_id)
             study.set_user_attr(TRACKING_URI_ATTR, str(tracking.uri))
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         print(
             f"[clipsweep] study {plan.study_name!r} on {studies.mask_url(plan.storage_url)}: "
             f"{len(studies.counted_trials(study))}/{plan.n_trials} trials already there; "
@@ -257,6 +258,8 @@ class OptunaSweeper(Sweeper):
         if message:
             print(f"[clipsweep] {message}", flush=True)
         print(summary, flush=True)
+        if message and message.startswith(_FAILED_PREFIX):
+            raise SweepFailed(f"{message}\n{studies.failure_reasons(study)}")
         if conclusion:
             print(conclusion, flush=True)
         if parent.run_id:
@@ -279,7 +282,7 @@ class OptunaSweeper(Sweeper):
                 failures = len(studies.retrying(studies.failed_trials, study))
                 if failures > plan.max_failures:
                     return (
-                        f"stopped: {failures} failed trials exceed max_failure_rate "
+                        f"{_FAILED_PREFIX}{failures} failed trials exceed max_failure_rate "
                         f"({plan.max_failures} of n_trials={plan.n_trials}); see the trials' "
                         f"'{studies.FAIL_REASON_ATTR}' user attribute"
                     )

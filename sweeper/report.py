@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,7 +39,9 @@ def trials_table(study: optuna.Study, objectives: Sequence[str], top: int = 5) -
 
 def recommendation_png(recommendation: Recommendation) -> bytes:
     """The pooled norm distribution with the recommended and the best trial's threshold marked."""
-    marks = {"recommended": recommendation.threshold}
+    marks: dict[str, float] = {}
+    if recommendation.threshold is not None:
+        marks["recommended"] = recommendation.threshold
     if recommendation.best_threshold is not None:
         marks[f"best trial {recommendation.best.number}"] = recommendation.best_threshold
     return norm_histogram_png(recommendation.histogram, marks)
@@ -46,13 +49,24 @@ def recommendation_png(recommendation: Recommendation) -> bytes:
 
 def log_recommendation(tracker: Tracker, recommendation: Recommendation, validation: Validation | None) -> None:
     """Metrics, a JSON record and the figure on the sweep's parent run."""
-    rows = [
-        ("recommend/threshold", recommendation.threshold, 0),
-        ("recommend/percentile", recommendation.percentile, 0),
-        ("recommend/clip_fraction", recommendation.clip_fraction, 0),
-        ("recommend/steps", float(recommendation.steps), 0),
-    ]
+    low, high = recommendation.interval or (None, None)
+    values = {
+        "recommend/threshold": recommendation.threshold,
+        "recommend/threshold_low": low,
+        "recommend/threshold_high": high,
+        "recommend/percentile": recommendation.percentile,
+        "recommend/clip_fraction": recommendation.clip_fraction,
+        "recommend/good_trials": float(len(recommendation.good)),
+        "recommend/steps": float(recommendation.steps),
+    }
+    rows = [(k, float(v), 0) for k, v in values.items() if v is not None and math.isfinite(v)]
     tracker.log_metrics(rows + (validation.metrics() if validation else []))
+    tracker.set_tags(
+        {
+            "clipsweep.recommended": " ".join(f"{k}={v}" for k, v in recommendation.params.items()),
+            "clipsweep.recommended_trial": str(recommendation.trial.number if recommendation.trial else "none"),
+        }
+    )
     record = {"recommendation": recommendation.to_dict(), "validation": validation.to_dict() if validation else None}
     tracker.log_text(json.dumps(record, indent=1), "recommendation/recommendation.json")
     tracker.log_figure(recommendation_png(recommendation), "recommendation/grad_norms.png")

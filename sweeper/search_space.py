@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +63,29 @@ class SearchSpace:
     def overrides(self, values: Mapping[str, Any]) -> list[str]:
         """Hydra overrides for one trial: the fixed ones, then ``key=value`` for its parameters."""
         return [*self.fixed, *(f"{key}={format_value(value)}" for key, value in values.items())]
+
+    def compositions(self, limit: int = 64) -> list[dict[str, Any]]:
+        """Every combination of the searched group choices (dotless categorical keys such as ``clip``
+        or ``model``): each composes a different config, in which the other searched keys must exist."""
+        groups = [
+            p for p in self.parameters
+            if "." not in p.name and isinstance(p.distribution, CategoricalDistribution) and not p.when
+        ]  # fmt: skip
+        combos: list[dict[str, Any]] = [{}]
+        for p in groups:
+            combos = [{**c, p.name: choice} for c in combos for choice in p.distribution.choices][:limit]
+        return combos
+
+    def missing_keys(self, exists: Callable[[Mapping[str, Any], str], bool]) -> tuple[str, dict[str, Any]] | None:
+        """The first (key, group choices) where an active searched key is not in the composed config.
+
+        ``exists(choices, key)`` composes the config with those group choices and looks the key up.
+        """
+        for choices in self.compositions():
+            for p in self.parameters:
+                if "." in p.name and p.active(choices) and not exists(choices, p.name):
+                    return p.name, choices
+        return None
 
     def grid(self) -> dict[str, list[Any]]:
         """The search space as GridSampler wants it; continuous or conditional spaces are refused."""

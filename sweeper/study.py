@@ -221,6 +221,16 @@ def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if _counts(t)]
 
 
+def failure_reasons(study: optuna.Study, top: int = 3) -> str:
+    """The most common reasons the sweep recorded for its failed trials, one line each."""
+    reasons = [t.user_attrs[FAIL_REASON_ATTR].splitlines()[0][:200] for t in failed_trials(study)]
+    counts: dict[str, int] = {}
+    for reason in reasons:
+        counts[reason] = counts.get(reason, 0) + 1
+    ranked = sorted(counts.items(), key=lambda item: -item[1])[:top]
+    return "\n".join(f"  {n} trial(s): {reason}" for reason, n in ranked)
+
+
 def failed_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Failures that spend the budget: those the sweep recorded, not stale or surplus ones."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if FAIL_REASON_ATTR in t.user_attrs]

@@ -66,7 +66,9 @@ TINY = (
 )  # fmt: skip
 
 
-def run_sweep(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_sweep(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, returncode: int = 0
+) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
         [sys.executable, "-m", "sweeper", "sweep", *TINY, *args],
         cwd=cwd,
@@ -75,7 +77,7 @@ def run_sweep(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subpr
         timeout=600,
         env={**os.environ, **(env or {})},
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == returncode, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
 
