@@ -184,7 +184,7 @@ def run_job(config: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     from sweeper.study import TrialReporter
-    from sweeper.tracking import make_tracker
+    from sweeper.tracking import make_tracker, masked
     from sweeper.training import build, train
 
     setup = build(config)
@@ -213,7 +213,7 @@ def run_job(config: DictConfig) -> dict[str, Any]:
         "metrics": metrics,
         "mlflow_run_id": tracker.run_id,
         "norms": result.summary.segments.to_dict(),
-        "config": OmegaConf.to_container(config, resolve=True, enum_to_str=True),
+        "config": masked(OmegaConf.to_container(config, resolve=True, enum_to_str=True)),
     }
 
 
@@ -413,10 +413,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = COMMANDS.get(args[0])
     if command is None:
         return _fail(f"command={args[0]!r} is not allowed: one of {sorted(COMMANDS)}")
+    environment = dict(os.environ)
     try:
-        return command(args[1:])
+        return command(_secrets_to_environment(args[1:]))
     except (ConfigError, UsageError) as err:
         return _fail(str(err))
+    finally:  # an in-process caller (tests, notebooks) gets its environment back
+        os.environ.clear()
+        os.environ.update(environment)
+
+
+def _secrets_to_environment(args: Sequence[str]) -> list[str]:
+    """A URL with a password on the command line moves to the environment variable that the config
+    reads anyway (``CLIPSWEEP_STORAGE``, ``MLFLOW_TRACKING_URI``), so that nothing Hydra records of
+    the command line (``.hydra/*.yaml``, job overrides, the sweep's parent run) holds the password;
+    the storage override stays, masked, to show where the study lives."""
+    from sweeper.config import TRACKING_URI_ENV
+    from sweeper.study import STORAGE_ENV, mask_url
+
+    variables = {"hydra.sweeper.storage": STORAGE_ENV, "tracking.uri": TRACKING_URI_ENV}
+    kept = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        name = key.lstrip("+")
+        if eq and name in variables and mask_url(value) != value:
+            os.environ[variables[name]] = value
+            if name == "hydra.sweeper.storage":
+                kept.append(f"{key}='{mask_url(value)}'")
+            continue
+        kept.append(arg)
+    return kept
 
 
 if __name__ == "__main__":

@@ -232,7 +232,7 @@ class OptunaSweeper(Sweeper):
         )
         if parent.run_id:  # where `clipsweep export` logs the exported file later
             study.set_user_attr(PARENT_RUN_ATTR, parent.run_id)
-            study.set_user_attr(TRACKING_URI_ATTR, str(tracking.uri))
+            study.set_user_attr(TRACKING_URI_ATTR, studies.mask_url(str(tracking.uri)))
         print(
             f"[clipsweep] study {plan.study_name!r} on {studies.mask_url(plan.storage_url)}: "
             f"{len(studies.counted_trials(study))}/{plan.n_trials} trials already there; "

@@ -110,7 +110,10 @@ def _tracking_uri(study: Any, options: argparse.Namespace) -> str:
     from sweeper.config import default_tracking_uri
     from sweeper.recommend import TRACKING_URI_ATTR
 
-    return options.tracking_uri or study.user_attrs.get(TRACKING_URI_ATTR) or default_tracking_uri()
+    stored = study.user_attrs.get(TRACKING_URI_ATTR)
+    if stored and _MASKED in stored:  # its password is not stored: $MLFLOW_TRACKING_URI has it
+        stored = None
+    return options.tracking_uri or stored or default_tracking_uri()
 
 
 def _parent_run_id(study: Any) -> str | None:

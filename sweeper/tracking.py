@@ -81,6 +81,16 @@ def _sqlite_creation_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def masked(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved run config fit to be stored: a password in ``tracking.uri`` replaced by ***."""
+    tracking = dict(config.get("tracking") or {})
+    if isinstance(tracking.get("uri"), str):
+        from sweeper.study import mask_url
+
+        tracking["uri"] = mask_url(tracking["uri"])
+    return {**config, "tracking": tracking} if "tracking" in config else dict(config)
+
+
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}}`` → ``{"a.b": 1}``: MLflow params are flat and the UI filters by them."""
     flat: dict[str, Any] = {}

@@ -28,7 +28,7 @@ from sweeper.errors import ConfigError
 from sweeper.plots import norm_histogram_png
 from sweeper.tasks import Task
 from sweeper.telemetry import RunSummary, Telemetry, Window, steps_csv
-from sweeper.tracking import Tracker, flatten
+from sweeper.tracking import Tracker, flatten, masked
 
 PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 
@@ -250,7 +250,7 @@ def train(
     resolved = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
     tracker.start_run(
         run_name or config.tracking.run_name,
-        params=flatten(resolved),
+        params=flatten(masked(resolved)),
         tags={
             "clipsweep.clip_method": str(resolved["clip"]["method"]),
             "clipsweep.device": str(setup.device),

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import optuna
+import psycopg
 import pytest
 from conftest import TINY, load_study, mlflow_runs, run_sweep
 from mlflow.tracking import MlflowClient
@@ -138,3 +139,23 @@ def test_signal_ends_the_running_trial_cleanly_and_it_is_retried(tmp_path: Path,
     trials = load_study(tmp_path, "stopped").get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert trials[1].params == trials[0].params
+
+
+def test_sweep_with_a_password_in_its_urls_writes_it_nowhere(tmp_path: Path, postgres_url: str) -> None:
+    # PostgreSQL here trusts local connections, so any password opens the database: a real one.
+    secret = "s3cretPW42"
+    storage = postgres_url.replace("postgres@", f"postgres:{secret}@")
+    done = run_sweep(tmp_path, "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=masked",
+                     f"hydra.sweeper.storage={storage}", "train.steps=10")  # fmt: skip
+    assert secret not in done.stdout + done.stderr
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "hydra.yaml" for p in written) and any(p.name == "mlflow.db" for p in written)
+    assert [p for p in written if secret.encode() in p.read_bytes()] == []  # sweep dir, MLflow store, artifacts
+    with psycopg.connect(postgres_url) as connection:
+        stored = connection.execute(
+            "SELECT value_json FROM study_user_attributes UNION ALL SELECT value_json FROM trial_user_attributes "
+            "UNION ALL SELECT value_json FROM study_system_attributes UNION ALL SELECT value_json FROM "
+            "trial_system_attributes"
+        ).fetchall()
+    assert stored and not [row for row in stored if secret in row[0]]  # the Optuna storage too
+    assert len(optuna.load_study(study_name="masked", storage=postgres_url).trials) == 2
