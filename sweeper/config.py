@@ -150,7 +150,8 @@ class TrainConf:
     """Micro-batches per optimizer step; clipping runs once per step, on their summed gradients."""
     nonfinite: NonFinite = NonFinite.skip
     threads: int | None = None
-    """torch intra-op threads; None: torch's default, or cores / n_jobs under a parallel sweep launcher."""
+    """torch intra-op threads; None: 1 (cores / n_jobs under a parallel sweep launcher): processes, not
+    threads, share the cores, so concurrent runs never oversubscribe them."""
 
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"

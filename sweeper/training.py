@@ -104,7 +104,10 @@ def build(config: DictConfig) -> Setup:
     _positive_int("tracking.log_every", config.tracking.log_every)
     if train.get("threads") is not None:
         _positive_int("train.threads", train.threads)
-        torch.set_num_threads(int(train.threads))  # N workers on N cores must not each take all of them
+    # One thread unless asked: torch's default (every core) collapses as soon as a second process
+    # wants a core (a default sweep took 30 min instead of one beside another job), and a small
+    # RNN's step gains nothing from a second thread. N workers on N cores then use them all.
+    torch.set_num_threads(int(train.threads) if train.get("threads") is not None else 1)
     precision = str(train.precision)
     if precision not in PRECISIONS:
         raise ConfigError("train.precision", train.precision, f"one of {list(PRECISIONS)}")

@@ -251,3 +251,15 @@ def test_trainer_step_reads_nothing_back_from_the_device(config, overrides: tupl
             trainer.step(step)
     assert reads.seen == []
     assert telemetry.drain() is not None  # the one place the host reads, once per window
+
+
+def test_build_uses_one_torch_thread_unless_train_threads_says_otherwise(config) -> None:
+    # torch's default takes every core, which collapses under any concurrent run (README, train table).
+    torch.set_num_threads(2)
+    build(config(*SMALL))
+    assert torch.get_num_threads() == 1
+    build(config(*SMALL, "train.threads=2"))
+    assert torch.get_num_threads() == 2
+    with pytest.raises(ConfigError, match=r"train\.threads=0"):
+        build(config(*SMALL, "train.threads=0"))
+    torch.set_num_threads(1)
