@@ -26,11 +26,18 @@ def test_open_storage_postgres_shares_a_study_between_connections(postgres_url: 
         studies.open_study(studies.open_storage(postgres_url), "shared", ["maximize"])
 
 
+def test_open_storage_refuses_a_missing_postgres_database_with_the_password_masked(postgres_url: str) -> None:
+    # Needs the server itself (the fixture skips or fails without it): only it can say "does not exist".
+    server = postgres_url.rsplit("/", 1)[0].replace("postgres@", "postgres:s3cret@")
+    with pytest.raises(ConfigError) as info:
+        studies.open_storage(f"{server}/no_such_database_here")
+    assert "does not exist" in str(info.value) and "s3cret" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("url", "reason"),
     [
         ("postgresql://clip:s3cret@127.0.0.1:1/optuna", "Connection refused"),
-        ("postgresql://postgres:s3cret@127.0.0.1:5432/no_such_database_here", "does not exist"),
         ("mysql://clip:s3cret@127.0.0.1/optuna", "driver is not installed"),
         ("nosuchdialect://clip:s3cret@localhost/db", "Can't load plugin"),
         ("not a url at all", "Could not parse"),
