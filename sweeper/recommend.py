@@ -213,7 +213,12 @@ class Recommendation:
             k: v for k, v in self.params.items() if k != "clip"
         }
         settings = " ".join(f"{k}={_short(v)}" for k, v in shown.items())
-        where = "extrapolated: validate it" if self.extrapolated else f"trial {self.trial.number}"  # type: ignore[union-attr]
+        if self.extrapolated:
+            where = "extrapolated: validate it"
+        else:
+            where = (
+                f"trial {self.trial.number}" if self.trial else "read off the good trials' norms, inside their range"
+            )
         value = "" if self.trial is None else f": {self.objective}={self.trial.value:.5g}"
         lines = [f"recommended: clip={self.clip.get('method')} {settings}".rstrip() + f" ({where}{value})"]
         if self.interval is not None:
@@ -306,8 +311,8 @@ class _Space:
 def _regret(values: np.ndarray, direction: str) -> np.ndarray:
     """0 for the best, 1 for the worst completed value; log scale when they span a decade or more."""
     loss = values if direction == "minimize" else -values
-    if (values > 0).all() and values.max() >= 10 * values.min():
-        loss = np.log(values) if direction == "minimize" else -np.log(values)
+    if direction == "minimize" and (values > 0).all() and values.max() >= 10 * values.min():
+        loss = np.log(values)  # losses: 1e-4 vs 2e-4 matters as much as 0.1 vs 0.2 (not so for accuracies)
     gap = loss.max() - loss.min()
     return (loss - loss.min()) / gap if gap > 0 else np.zeros_like(loss)
 

@@ -219,7 +219,7 @@ def test_recommend_fixed_percentile_reads_the_good_trials_norms_and_flags_an_ext
     assert r.threshold == pytest.approx(np.percentile(raw, 90), rel=r.histogram.relative_error + 1e-3)
     assert r.extrapolated and r.trial is None and "validate it" in r.rule  # p90 is far above 0.25..0.4
     inside = recommend(study, RecommendSettings(percentile=float(100 * np.mean(raw <= 0.3))))
-    assert not inside.extrapolated
+    assert not inside.extrapolated and "inside their range" in inside.describe()
 
 
 def test_recommend_refuses_a_study_without_usable_trials(tmp_path: Path) -> None:
