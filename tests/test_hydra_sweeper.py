@@ -331,3 +331,14 @@ def test_sweep_bad_input_exits_2_with_one_line_and_writes_nothing(
     assert named in err
     assert "secret" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_hydra_plugin_module_imports_no_heavy_package() -> None:
+    # Hydra imports every hydra_plugins module at the start of any Hydra app installed beside clipsweep.
+    code = (
+        "import sys, hydra_plugins.clipsweep_sweeper.clipsweep_sweeper as m; "
+        "print(sorted({'torch', 'optuna', 'mlflow'} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
