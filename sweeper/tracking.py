@@ -81,6 +81,10 @@ def _sqlite_creation_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+"""The experiment tag the MLflow UI reads to choose between its model-training and GenAI views."""
+
+
 def masked(config: Mapping[str, Any]) -> dict[str, Any]:
     """A resolved run config fit to be stored: a password in ``tracking.uri`` replaced by ***."""
     tracking = dict(config.get("tracking") or {})
@@ -238,7 +242,11 @@ class MlflowTracker(Tracker):
         if found is not None:
             return found.experiment_id
         try:
-            return self.client.create_experiment(self.experiment_name)
+            # Marked as model training: MLflow 3 otherwise opens an untagged experiment in its GenAI
+            # view (traces, evaluations) instead of the runs table.
+            return self.client.create_experiment(
+                self.experiment_name, tags={EXPERIMENT_KIND_TAG: "custom_model_development"}
+            )
         except Exception:  # another worker created it between our two calls
             found = self.client.get_experiment_by_name(self.experiment_name)
             if found is None:

@@ -47,6 +47,8 @@ def test_cli_run_records_metrics_params_and_artifacts_in_mlflow(tmp_path: Path) 
 
     client, run = _only_run(tmp_path / "mlflow.db")
     assert run.info.status == "FINISHED"
+    # The UI opens the experiment on its runs table (model training), not on MLflow 3's GenAI view.
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.data.tags["clipsweep.status"] == "finished"
     assert run.data.params["clip.threshold"] == "0.05" and run.data.params["model.cell"] == "lstm"
     steps_file = Path(client.download_artifacts(run.info.run_id, "telemetry/steps.csv", str(tmp_path)))
