@@ -8,10 +8,12 @@ multi-fidelity search decides:
 1. **Pilot** (``pilot_share`` of the budget): the configured model, task and learning rate with
    only a safety ``cap``; its steady-state norm median ``m`` anchors the grid.
 2. **Grid**: ``grid`` thresholds log-spaced over ``spread`` decades centred on ``m``.
-3. **Successive halving**: every threshold trains a short run from scratch; the better ``1/eta``
-   (by the objective on the validation set) go on to a run ``eta`` times longer, until one is
-   left. Rung lengths are set so the whole search spends the ``budget`` (a fraction of
-   ``train.steps``; the default 0.8 is under a tenth of a 12-trial sweep's steps).
+3. **Successive halving**: every threshold trains a short run; the better ``1/eta`` (by the
+   objective on the validation set) train on until their runs are ``eta`` times longer, until two
+   are compared. Runs continue rather than restart (as Hyperband's implementations do), so the
+   last rung sees the longest runs the budget allows; rung lengths are set so the whole search
+   spends the ``budget`` (a multiple of ``train.steps``; the default 0.8 is under a tenth of a
+   12-trial sweep's steps).
 
 The winner is the threshold; the cost is printed and logged. Short runs rank thresholds by how
 fast they learn and whether they stay stable, which is what clipping changes; a task that only
@@ -32,9 +34,9 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.errors import ConfigError
-from sweeper.telemetry import NormHistogram
-from sweeper.tracking import NullTracker, Tracker
-from sweeper.training import RunResult, build, train
+from sweeper.telemetry import NormHistogram, Telemetry
+from sweeper.tracking import Tracker
+from sweeper.training import RunResult, Trainer, build, train
 
 
 def _setting(default: Any, help: str) -> Any:
@@ -78,9 +80,27 @@ class CalibrateSettings:
 
 @dataclass
 class Arm:
+    """One threshold of the grid: its run goes on from rung to rung (successive halving with continuation)."""
+
     threshold: float
     scores: list[tuple[int, float]] = field(default_factory=list)
-    """(steps, objective) of each rung it ran."""
+    """(steps trained so far, objective) at the end of each rung it reached."""
+    trainer: Trainer | None = None
+
+    def advance(self, base: Mapping[str, Any], to_step: int, total: int) -> None:
+        """Train on to ``to_step`` optimizer steps (building the run first) and score it there."""
+        if self.trainer is None:
+            setup = build(_with(base, {"method": "norm", "threshold": self.threshold, "norm_type": 2.0}, total))
+            telemetry = Telemetry(list(setup.model.named_parameters()), 100, setup.device, total_steps=total)
+            self.trainer = Trainer(setup, telemetry)
+        done = self.scores[-1][0] if self.scores else 0
+        for step in range(done, to_step):
+            self.trainer.step(step)
+            if self.trainer.telemetry.full:
+                self.trainer.telemetry.drain()
+        self.scores.append((to_step, _value(self.trainer.evaluate(), self.objective)))
+
+    objective: str = "val/loss"
 
 
 @dataclass
@@ -145,10 +165,15 @@ def pilot_config(config: DictConfig, settings: CalibrateSettings) -> DictConfig:
     return _with(resolved, {"method": "norm", "threshold": settings.cap, "norm_type": 2.0}, steps)
 
 
-def _score(result: RunResult, objective: str) -> float:
-    """Lower is better; a diverged or stopped run is worst."""
-    value = result.val.get(objective, math.nan)
-    if result.status != "finished" or not math.isfinite(value):
+def _value(val: Mapping[str, float], objective: str) -> float:
+    value = val.get(objective, math.nan)
+    return value if math.isfinite(value) else math.nan
+
+
+def _rank(arm: Arm, objective: str) -> float:
+    """Lower is better; a diverged arm (non-finite objective) is worst."""
+    value = arm.scores[-1][1]
+    if not math.isfinite(value):
         return math.inf
     return -value if objective.endswith("accuracy") else value
 
@@ -166,25 +191,26 @@ def calibrate(config: DictConfig, settings: CalibrateSettings, tracker: Tracker)
         )
     centre = max(histogram.percentile(50), 1e-12)
     grid = centre * np.logspace(-settings.spread / 2, settings.spread / 2, settings.grid)
-    arms = [Arm(float(f"{t:.3g}")) for t in grid]
+    arms = [Arm(float(f"{t:.3g}"), objective=settings.objective) for t in grid]
     rungs = settings.rungs()
     base = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
     remaining = settings.budget * int(base["train"]["steps"]) - result.steps
-    # Rung k trains rungs[k] arms for r * eta**k steps: the budget fixes r.
-    unit = max(1, int(remaining / sum(n * settings.eta**k for k, n in enumerate(rungs))))
-    spent, alive = result.steps, arms
-    for k, _ in enumerate(rungs):
-        steps = unit * settings.eta**k
+    # Rung k brings rungs[k] arms to r * eta**k steps, continuing their runs: the budget fixes r.
+    reached = [settings.eta**k for k in range(len(rungs))]
+    added = sum(n * (reached[k] - (reached[k - 1] if k else 0)) for k, n in enumerate(rungs))
+    unit = max(1, int(remaining / added))
+    total = unit * reached[-1]
+    alive = arms
+    for k in range(len(rungs)):
         for arm in alive:
-            run = train(build(_with(base, {"method": "norm", "threshold": arm.threshold, "norm_type": 2.0}, steps)),
-                        NullTracker())  # fmt: skip
-            arm.scores.append((steps, _score(run, settings.objective)))
-            spent += run.steps
-        alive = sorted(alive, key=lambda a: a.scores[-1][1])[: max(1, math.ceil(len(alive) / settings.eta))]
-    winner = alive[0]
-    for arm in arms:  # report the objective as measured, not the internal sign
-        arm.scores = [(s, -v if settings.objective.endswith("accuracy") else v) for s, v in arm.scores]
+            arm.advance(base, unit * reached[k], total)
+        alive = sorted(alive, key=lambda a: _rank(a, settings.objective))[
+            : max(1, math.ceil(len(alive) / settings.eta))
+        ]
+    spent = result.steps + sum(a.scores[-1][0] for a in arms)
+    for arm in arms:
+        arm.trainer = None  # the runs are done: free them
     return Calibration(
-        winner.threshold, result, histogram, float(config.optim.lr), arms, spent, time.perf_counter() - started,
+        alive[0].threshold, result, histogram, float(config.optim.lr), arms, spent, time.perf_counter() - started,
         settings.objective,
     )  # fmt: skip
