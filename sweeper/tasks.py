@@ -44,14 +44,35 @@ class Task(ABC):
         """Extra validation metrics beyond the loss (``accuracy`` for classification)."""
         return {}
 
-    def model_kwargs(self) -> dict[str, object]:
-        """The arguments every model constructor receives from the task (the model contract)."""
-        return {
-            "input_size": self.input_size,
-            "output_size": self.output_size,
-            "sequence_output": self.sequence_output,
-            "vocab_size": self.vocab_size,
-        }
+
+
+_REQUIRED = ("input_size", "output_size", "sample", "validation", "loss")
+
+
+def model_kwargs(task: object) -> dict[str, object]:
+    """The arguments every model constructor receives from the task (the model contract).
+
+    Read from the task contract's attributes, so that any class with them works (no base class
+    needed); ``sequence_output`` and ``vocab_size`` are optional (False, None).
+    """
+    missing = [name for name in _REQUIRED if not hasattr(task, name)]
+    if missing:
+        raise ConfigError(
+            "task._target_", f"{type(task).__module__}.{type(task).__qualname__}",
+            f"a task with {', '.join(_REQUIRED)} (README, task contract); it lacks {', '.join(missing)}",
+        )  # fmt: skip
+    return {
+        "input_size": task.input_size,
+        "output_size": task.output_size,
+        "sequence_output": getattr(task, "sequence_output", False),
+        "vocab_size": getattr(task, "vocab_size", None),
+    }
+
+
+def metrics(task: object, output: Tensor, target: Tensor) -> dict[str, Tensor]:
+    """The task's extra validation metrics; ``metrics`` is optional in the contract."""
+    method = getattr(task, "metrics", None)
+    return dict(method(output, target)) if method is not None else {}
 
 
 def _check_int(key: str, value: int, minimum: int) -> int:

@@ -26,7 +26,8 @@ from sweeper.clipping import Clipper, ClipStats, make_clipper
 from sweeper.config import NonFinite
 from sweeper.errors import ConfigError
 from sweeper.plots import norm_histogram_png
-from sweeper.tasks import Task
+from sweeper.tasks import Task, model_kwargs
+from sweeper.tasks import metrics as task_metrics
 from sweeper.telemetry import RunSummary, Telemetry, Window, steps_csv
 from sweeper.tracking import Tracker, flatten, masked
 
@@ -118,7 +119,7 @@ def build(config: DictConfig) -> Setup:
     clipper = make_clipper(OmegaConf.to_container(config.clip, resolve=True))
     task = _instantiate("task", config.task)
     torch.manual_seed(int(train.seed))
-    model = _instantiate("model", config.model, **task.model_kwargs()).to(device)
+    model = _instantiate("model", config.model, **model_kwargs(task)).to(device)
     optimizer = _instantiate("optim", config.optim, params=model.parameters())
     scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
     setup = Setup(config, device, task, model, optimizer, clipper, dtype, scaler)
@@ -218,7 +219,7 @@ class Trainer:
             with _autocast(s):
                 out = s.model(x)
             weight = len(y) / len(y_all)
-            values = {"loss": s.task.loss(out, y), **s.task.metrics(out, y)}
+            values = {"loss": s.task.loss(out, y), **task_metrics(s.task, out, y)}
             for name, value in values.items():
                 totals[name] = totals.get(name, 0.0) + value.float() * weight
         return {f"val/{name}": float(value) for name, value in totals.items()}

@@ -10,6 +10,8 @@ import torch
 
 from sweeper.errors import ConfigError
 from sweeper.tasks import AddingTask, CopyMemoryTask, DigitsTask, TextCSVTask
+from sweeper.tracking import NullTracker
+from sweeper.training import build, train
 
 
 def test_adding_task_target_is_sum_of_marked_values() -> None:
@@ -79,3 +81,46 @@ def test_text_csv_task_rejects_bad_input(text_csv: Path, kwargs: dict, key: str)
     with pytest.raises(ConfigError) as info:
         TextCSVTask(**arguments)
     assert info.value.key == key
+
+
+class PlainTask:
+    """README's task contract read literally: a plain class, no base, no ``metrics``."""
+
+    input_size, output_size = 2, 1
+
+    def __init__(self, seq_len: int, val_size: int, val_seed: int) -> None:
+        self.seq_len = seq_len
+        self.val = self.sample(val_size, torch.Generator().manual_seed(val_seed))
+
+    def sample(self, batch_size, generator):
+        x = torch.rand(batch_size, self.seq_len, 2, generator=generator)
+        return x, x[:, :, 0].sum(dim=1, keepdim=True)
+
+    def validation(self):
+        return self.val
+
+    def loss(self, output, target):
+        return torch.nn.functional.mse_loss(output, target)
+
+
+class NoLoss:
+    """Forgets ``loss``: refused when the run is built, not mid-run."""
+
+    input_size, output_size = 2, 1
+
+    def __init__(self, **kwargs) -> None:
+        pass
+
+    def sample(self, batch_size, generator):
+        return torch.zeros(batch_size, 5, 2), torch.zeros(batch_size, 1)
+
+    def validation(self):
+        return self.sample(4, None)
+
+
+def test_task_contract_is_met_by_a_plain_class(config) -> None:
+    overrides = ("task.seq_len=5", "task.val_size=16", "model.hidden_size=8", "train.steps=4", "train.eval_every=2")
+    result = train(build(config("task._target_=test_tasks.PlainTask", *overrides)), NullTracker())
+    assert result.status == "finished" and set(result.val) == {"val/loss"}  # no metrics method: the loss alone
+    with pytest.raises(ConfigError, match=r"task\._target_=.*it lacks loss"):
+        build(config("task._target_=test_tasks.NoLoss", *overrides))
