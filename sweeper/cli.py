@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -340,16 +339,12 @@ def _require_searched_keys(plan: SweepPlan, fixed: Sequence[str], config_dir: st
 
 
 def _require_creatable(directory: str) -> None:
-    """``hydra.sweep.dir`` must be a directory this process can create, checked before any store is touched
-    (a probe directory made and removed at once where it would go: permission bits alone do not tell)."""
-    path = Path(directory).absolute()
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    try:
-        if not existing.is_dir():
-            raise OSError(f"{existing} is not a directory")
-        os.rmdir(tempfile.mkdtemp(dir=existing))
-    except OSError as err:
-        raise ConfigError("hydra.sweep.dir", directory, f"a directory that can be created ({err})") from None
+    """``hydra.sweep.dir`` must be a directory this process can create, checked before any store is touched."""
+    from sweeper.export import unwritable
+
+    problem = unwritable(Path(directory).absolute())
+    if problem is not None:
+        raise ConfigError("hydra.sweep.dir", directory, f"a directory that can be created ({problem})")
 
 
 def init_command(args: Sequence[str]) -> int:
@@ -357,6 +352,13 @@ def init_command(args: Sequence[str]) -> int:
     from sweeper.hydra_sweeper import open_planned_study
     from sweeper.study import counted_trials, mask_url
 
+    if any(a in ("-h", "--help") for a in args):
+        print(
+            "usage: clipsweep init hydra.sweeper.study_name=NAME [hydra.sweeper.storage=URL] [sweep overrides]\n\n"
+            + (init_command.__doc__ or "")
+            + "\nIt takes the overrides `clipsweep sweep` takes (direction, sampler, search space) and checks them."
+        )
+        return 0
     if not any(a.startswith("hydra.sweeper.study_name=") for a in args):
         raise ConfigError("hydra.sweeper.study_name", None, "a name the workers will share")
     plan = _plan_sweep_line(args)

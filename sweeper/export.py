@@ -7,6 +7,8 @@ and why) and the learning rate it was found with: a threshold is only meaningful
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -210,14 +212,38 @@ def _python(clip: Mapping[str, Any], method: ClipMethod) -> str:
     return "\n".join(lines)
 
 
-def refuse_existing(out: Path | None, force: bool) -> None:
-    """An existing ``--out`` is refused unless ``force``; commands call it before any work too."""
-    if out is not None and out.exists() and not force:
-        raise ConfigError("--out", str(out), "a path that does not exist yet (or pass --force to overwrite)")
+def refuse_existing(out: Path | None, force: bool, flag: str = "--out") -> None:
+    """Refuse, before any work, an output path that exists (unless ``force``) or cannot be written.
+
+    A missing directory is fine (``write`` creates it, as ``conf/clip/`` usually is in a new
+    project), but its nearest existing ancestor must be a writable directory.
+    """
+    if out is None:
+        return
+    if out.exists() and not force:
+        raise ConfigError(flag, str(out), "a path that does not exist yet (or pass --force to overwrite)")
+    if out.is_dir():
+        raise ConfigError(flag, str(out), "a file path, not a directory")
+    problem = unwritable(out.absolute().parent)
+    if problem is not None:
+        raise ConfigError(flag, str(out), f"a path in a directory that can be written ({problem})")
+
+
+def unwritable(directory: Path) -> str | None:
+    """Why ``directory`` cannot be created or written, or None: a probe directory is made and removed at
+    once in its nearest existing ancestor (permission bits alone do not tell: root, read-only mounts)."""
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    try:
+        if not existing.is_dir():
+            return f"{existing} is not a directory"
+        os.rmdir(tempfile.mkdtemp(dir=existing))
+    except OSError as err:
+        return str(err)
+    return None
 
 
 def write(text: str, out: Path, force: bool) -> Path:
-    """Write ``text`` to ``out``; an existing file is refused unless ``force``."""
+    """Write ``text`` to ``out`` (creating its directory); an existing file is refused unless ``force``."""
     refuse_existing(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

@@ -213,18 +213,21 @@ def export_command(args: Sequence[str]) -> int:
 
 def report_command(args: Sequence[str]) -> int:
     """Top trials, the recommendation with its evidence, and a PNG of the pooled norm distribution."""
+    from sweeper.export import refuse_existing
     from sweeper.report import log_recommendation, recommendation_png, trials_table
 
     parser = _study_parser("report", report_command.__doc__)
-    parser.add_argument("--top", type=int, default=10, help="trials in the table")
     parser.add_argument("--png", default=None, help="figure path (default: <study>-grad-norms.png)")
+    parser.add_argument("--top", type=int, default=10, help="trials in the table (default: %(default)s)")
     options = parser.parse_args(list(args))
+    png = Path(options.png or f"{options.study}-grad-norms.png")
+    refuse_existing(png, force=True, flag="--png")  # before any work
     study, recommendation, validation, _ = _recommend(options)
     print(trials_table(study, [options.objective], options.top))
     print(recommendation.describe())
     if validation is not None:
         print(validation.describe())
-    png = Path(options.png or f"{options.study}-grad-norms.png")
+    png.parent.mkdir(parents=True, exist_ok=True)
     png.write_bytes(recommendation_png(recommendation))
     print(f"norm distribution: {png}")
     _write_to_parent(study, options, lambda tracker: log_recommendation(tracker, recommendation, validation))

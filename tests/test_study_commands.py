@@ -114,13 +114,17 @@ def test_study_commands_refuse_bad_input_without_writing(in_swept: Path, capsys)
         (["export", "--run-id", "0123456789abcdef"], "--run-id='0123456789abcdef' is not allowed"),
         (["recommend"], "--study=None is not allowed"),
         (["export", "--study", STUDY, "--format", "toml"], "argument --format: invalid choice: 'toml'"),
+        (["export", "--study", STUDY, "--out", "taken.yaml/best.yaml"], "taken.yaml is not a directory"),
+        (["export", "--study", STUDY, "--out", "/proc/clip/best.yaml"], "--out='/proc/clip/best.yaml'"),
+        (["report", "--study", STUDY, "--png", "taken.yaml/f.png"], "--png='taken.yaml/f.png' is not allowed"),
     ]
     for args, message in cases:
         assert main(args) == 2, args
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (args, err)
     assert (in_swept / "taken.yaml").read_text() == "keep"
-    assert not (in_swept / "missing.db").exists()
+    assert not (in_swept / "missing.db").exists() and not (in_swept / "clip").exists()
+    assert main(["init", "--help"]) == 0 and "hydra.sweeper.study_name=NAME" in capsys.readouterr().out
 
 
 def test_calibrate_command_prints_the_threshold_and_writes_a_clip_file(tmp_path: Path) -> None:
