@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -71,7 +72,26 @@ def _instantiate(group: str, node: Any, **kwargs: Any) -> Any:
             raise cause from None
         if cause is None or isinstance(cause, ImportError):  # the target could not be imported
             raise ConfigError(f"{group}._target_", target, "an importable class or function") from None
+        key = _key_named_in(node, str(cause))
+        if key is not None:  # "Invalid learning rate: -0.1" → optim.lr, the key the user can fix
+            raise ConfigError(f"{group}.{key}", node[key], f"a value {target} accepts ({cause})") from None
         raise ConfigError(group, target, f"its constructor refused the config: {cause}") from None
+
+
+def _key_named_in(node: Any, message: str) -> str | None:
+    """The one key of ``node`` whose value the error message quotes, if exactly one does."""
+    if not isinstance(node, Mapping | DictConfig):
+        return None
+    quoted = [
+        key
+        for key, value in node.items()
+        if key != "_target_"
+        and isinstance(value, int | float | str)
+        and re.search(rf"(?<![\w.]){re.escape(str(value))}(?![\w.])", message)
+    ]
+    if len(quoted) > 1:  # "hidden_size=0 must be >= 1": the key whose name is quoted too
+        quoted = [key for key in quoted if str(key) in message]
+    return str(quoted[0]) if len(quoted) == 1 else None
 
 
 @dataclass

@@ -183,12 +183,14 @@ def test_build_rejects_bf16_on_a_device_without_it(config, monkeypatch) -> None:
         ("task.seq_len=1", "task.seq_len"),
         ("task=text_csv", "task.path"),
         ("model._target_=models.NoSuchModel", "model._target_"),
-        ("model.hidden_size=0", "model"),
+        ("model.hidden_size=0", "model.hidden_size"),  # the constructor's message names the key
+        ("optim.lr=-0.1", "optim.lr"),  # torch's names the value: the key that holds it
+        ("optim=sgd optim.momentum=-1", "optim.momentum"),
     ],
 )
 def test_build_rejects_bad_values_with_their_key(config, override: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
-        build(config("model.hidden_size=16", override))
+        build(config("model.hidden_size=16", *override.split()))
     assert info.value.key == key
 
 
