@@ -21,7 +21,7 @@ from sweeper.errors import ConfigError, SweepFailed, UsageError
 
 if TYPE_CHECKING:
     from sweeper.hydra_sweeper import SweepPlan
-    from sweeper.training import RunResult
+    from sweeper.training import RunResult, Setup
 
 
 USAGE = """usage: clipsweep <command> [hydra overrides and flags]
@@ -136,13 +136,14 @@ def _validate_command_line(args: Sequence[str]) -> str | None:
     return _check_buildable(config)
 
 
-def _require_buildable(config: DictConfig) -> None:
+def _require_buildable(config: DictConfig) -> Setup:
     """Build the run's parts and check its tracking store (the checks shared by run and sweep)."""
     from sweeper.tracking import make_tracker
     from sweeper.training import build
 
-    build(config)
+    setup = build(config)
     make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)
+    return setup
 
 
 def _check_buildable(config: DictConfig) -> str | None:
@@ -288,6 +289,7 @@ def _plan_sweep_line(args: Sequence[str]) -> SweepPlan:
 
     from sweeper.hydra_sweeper import plan_sweep
     from sweeper.study import open_storage, open_study_if_exists
+    from sweeper.training import reported_metrics
 
     overrides, config_dir, config_name = _split_hydra_args([a for a in args if a not in _MULTIRUN_FLAGS])
     try:
@@ -301,8 +303,11 @@ def _plan_sweep_line(args: Sequence[str]) -> SweepPlan:
     config_hydra_sweep_dir = config.hydra.sweep.dir
     with open_dict(config):
         del config["hydra"]
-    _require_buildable(config)
+    reported = reported_metrics(_require_buildable(config))
     plan = plan_sweep(settings, task_arguments)
+    unknown = [name for name in plan.objectives if name not in reported]
+    if unknown:
+        raise ConfigError("hydra.sweeper.objective", unknown[0], f"a metric the job reports: one of {sorted(reported)}")
     _require_searched_keys(plan, fixed, config_dir, config_name)
     _require_creatable(str(config_hydra_sweep_dir))
     storage = open_storage(plan.storage_url, plan.heartbeat_interval, plan.grace_period, plan.max_retry)
@@ -416,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         return _fail(f"command={args[0]!r} is not allowed: one of {sorted(COMMANDS)}")
     environment = dict(os.environ)
+    _import_from_working_directory()
     try:
         return command(_secrets_to_environment(args[1:]))
     except (ConfigError, UsageError) as err:
@@ -423,6 +429,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:  # an in-process caller (tests, notebooks) gets its environment back
         os.environ.clear()
         os.environ.update(environment)
+
+
+def _import_from_working_directory() -> None:
+    """A user's ``_target_: my_package.MyModel`` is importable from where the command runs, as with
+    ``python -m``; the console script alone would not put the working directory on the path. Jobs in
+    other processes (joblib) get it through ``PYTHONPATH``."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if cwd not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [cwd, *paths]))
 
 
 def _secrets_to_environment(args: Sequence[str]) -> list[str]:

@@ -27,7 +27,7 @@ from hydra.errors import InstantiationException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from sweeper import study as studies
@@ -46,7 +46,7 @@ from sweeper.recommend import (
 )
 from sweeper.report import log_recommendation, trials_table
 from sweeper.search_space import SearchSpace, format_value, parse_search_space
-from sweeper.tracking import Tracker, make_tracker
+from sweeper.tracking import Tracker, make_tracker, masked
 
 _DIRECTIONS = ("minimize", "maximize")
 _POLL_SECONDS = 2.0
@@ -107,6 +107,23 @@ def _instantiate(key: str, node: Any, **kwargs: Any) -> Any:
         raise ConfigError(key, target, f"a {key.rsplit('.', 1)[-1]} Optuna can build ({first})") from None
 
 
+def _require_lazy_imports(key: str, component: object) -> None:
+    """Optuna imports some samplers' packages (``cmaes``) only when they first sample: check them now,
+    or every trial after the start-up ones would fail on the import."""
+    import importlib.util
+    import sys
+
+    from optuna._imports import _LazyImport
+
+    module = sys.modules.get(type(component).__module__)
+    names = [v.__name__ for v in vars(module).values() if isinstance(v, _LazyImport)] if module else []
+    missing = [n for n in names if importlib.util.find_spec(n.split(".")[0]) is None]
+    if missing:
+        raise ConfigError(
+            key, type(component).__name__, f"a sampler whose packages are installed (pip install {missing[0]})"
+        )
+
+
 def plan_sweep(settings: Mapping[str, Any], arguments: Sequence[str]) -> SweepPlan:
     """Validate ``hydra.sweeper`` and the sweep overrides; raise ConfigError naming the bad key."""
     space = parse_search_space(settings.get("params"), arguments, settings.get("conditional"))
@@ -135,6 +152,7 @@ def plan_sweep(settings: Mapping[str, Any], arguments: Sequence[str]) -> SweepPl
         sampler_node.seed = int(seed)
     extra = {"search_space": space.grid()} if str(sampler_node.get("_target_", "")).endswith("GridSampler") else {}
     sampler = _instantiate("hydra.sweeper.sampler", sampler_node, **extra)
+    _require_lazy_imports("hydra.sweeper.sampler", sampler)
     pruner_node = OmegaConf.create(settings.get("pruner") or {"_target_": "optuna.pruners.NopPruner"})
     pruner = _instantiate("hydra.sweeper.pruner", pruner_node)
 
@@ -416,10 +434,11 @@ class OptunaSweeper(Sweeper):
         )
 
     def _best_config(self, overrides: Sequence[str]) -> dict[str, Any]:
+        """The best trial's config as it ran: resolved (``${oc.env:...}`` included), secrets masked."""
         config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        container = OmegaConf.to_container(config, resolve=False, enum_to_str=True)
-        container.pop("hydra", None)
-        return container
+        with open_dict(config):
+            del config["hydra"]
+        return masked(OmegaConf.to_container(config, resolve=True, enum_to_str=True))
 
     def _finish(self, plan: SweepPlan, study: optuna.Study, parent: Tracker, sweep_dir: Path) -> str:
         completed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]

@@ -45,7 +45,6 @@ class Task(ABC):
         return {}
 
 
-
 _REQUIRED = ("input_size", "output_size", "sample", "validation", "loss")
 
 

@@ -170,6 +170,17 @@ def _probe_precision(setup: Setup, precision: str) -> None:
         setup.model.zero_grad(set_to_none=True)
 
 
+def reported_metrics(setup: Setup) -> set[str]:
+    """The metric names a run of ``setup`` returns (what a sweep's objective may name): its task's
+    ``val/*`` (found by evaluating two validation examples), ``train/loss`` and the norm summary."""
+    x, y = setup.task.validation()
+    with torch.no_grad(), _autocast(setup):
+        out = setup.model(x[:2].to(setup.device))
+    names = {"loss", *task_metrics(setup.task, out, y[:2].to(setup.device))}
+    summary = Telemetry(list(setup.model.named_parameters()), 1, setup.device).summary.metrics()
+    return {f"val/{name}" for name in names} | {"train/loss"} | set(summary)
+
+
 @dataclass
 class RunResult:
     """What a run produced; ``status`` is finished, diverged or stopped (by the eval callback)."""

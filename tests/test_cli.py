@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port, with_pythonpath
+from conftest import free_port
 from mlflow.tracking import MlflowClient
 
 from sweeper.cli import conf_dir, main
@@ -119,7 +119,7 @@ def test_cli_user_model_and_text_csv_from_config_dir(tmp_path: Path, text_csv: P
     args = ("--config-dir", "mine", "model=tiny", "task=text_csv", f"task.path={text_csv}",
             "task.text_column=comment_text", "task.label_column=toxic",
             "train.steps=20", "train.eval_every=10")  # fmt: skip
-    done = _clipsweep(tmp_path, "run", *args, env=with_pythonpath(tmp_path))
+    done = _clipsweep(tmp_path, "run", *args)  # no PYTHONPATH: the working directory's modules import
     assert done.returncode == 0, done.stderr
     _, run = _only_run(tmp_path / "mlflow.db")
     assert run.data.params["model._target_"] == "tiny_model.TinyModel"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -91,6 +92,7 @@ def test_sweep_records_study_parent_and_child_runs_and_results(tmp_path: Path) -
     assert results["best_value"] == pytest.approx(study.best_value)
     assert results["best_config"]["clip"]["threshold"] == pytest.approx(study.best_params["clip.threshold"])
     assert results["best_config"]["train"]["steps"] == 20
+    assert results["best_config"]["tracking"]["uri"] == "sqlite:///mlflow.db"  # resolved, not ${oc.env:...}
 
     # The sweep ends with a recommendation over the stored norms and an exported clip group file.
     assert all(NORMS_ATTR in t.user_attrs and t.user_attrs[CONFIG_ATTR]["train"]["steps"] == 20 for t in trials)
@@ -316,6 +318,12 @@ def _existing_maximize_study(tmp_path: Path) -> None:
         ),
         (["search=none", "model=choice(lstm,transformer)", "optim.lr=interval(0.01, 0.1)"], "model=transformer"),
         (["hydra.sweep.dir=/proc/nope"], "hydra.sweep.dir='/proc/nope'"),
+        (["hydra.sweeper.objective=val/acc"], "a metric the job reports: one of ["),  # adding has no accuracy
+        pytest.param(
+            ["hydra/sweeper/sampler=cmaes"],
+            "(pip install cmaes)",
+            marks=pytest.mark.skipif(importlib.util.find_spec("cmaes") is not None, reason="cmaes is installed"),
+        ),
     ],
 )
 def test_sweep_bad_input_exits_2_with_one_line_and_writes_nothing(
