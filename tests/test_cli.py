@@ -119,7 +119,9 @@ def test_cli_user_model_and_text_csv_from_config_dir(tmp_path: Path, text_csv: P
     args = ("--config-dir", "mine", "model=tiny", "task=text_csv", f"task.path={text_csv}",
             "task.text_column=comment_text", "task.label_column=toxic",
             "train.steps=20", "train.eval_every=10")  # fmt: skip
-    done = _clipsweep(tmp_path, "run", *args)  # no PYTHONPATH: the working directory's modules import
+    # The console script, no PYTHONPATH: the working directory's modules import as with `python -m`.
+    script = shutil.which("clipsweep") or str(Path(sys.executable).with_name("clipsweep"))
+    done = subprocess.run([script, "run", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     _, run = _only_run(tmp_path / "mlflow.db")
     assert run.data.params["model._target_"] == "tiny_model.TinyModel"
