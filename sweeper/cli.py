@@ -257,7 +257,7 @@ def run_command(args: Sequence[str], validated: bool = False) -> int:
         entry()
     except KeyboardInterrupt as err:
         # The running trial was marked and re-enqueued, its MLflow run closed as KILLED.
-        print(f"[clipsweep] interrupted ({err or 'SIGINT'}): stopped cleanly", file=sys.stderr, flush=True)
+        print(f"[clipsweep] interrupted ({str(err) or 'SIGINT'}): stopped cleanly", file=sys.stderr, flush=True)
         return 130
     except SweepFailed as err:
         print(f"clipsweep: {err}", file=sys.stderr, flush=True)

@@ -67,7 +67,7 @@ def _sigterm_as_interrupt() -> Callable[[], None]:
         return lambda: None
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     return lambda: signal.signal(signal.SIGTERM, previous)
@@ -237,7 +237,8 @@ class OptunaSweeper(Sweeper):
         parent = make_tracker(tracking.uri, tracking.experiment, tracking.enabled)
         sampler_name = type(plan.sampler).__name__
         parent.start_run(
-            f"sweep-{plan.study_name}",  # one parent per invocation: each worker has its own
+            # One parent per invocation: workers and resumptions of one study get told apart.
+            f"sweep-{plan.study_name}-{datetime.now():%m%d-%H%M%S}-p{os.getpid()}",
             params={f"search.{p.name}": p.distribution for p in plan.space.parameters}
             | {f"fixed.{i}": o for i, o in enumerate(plan.space.fixed)},
             tags={

@@ -34,6 +34,10 @@ from sweeper.tracking import Tracker, flatten, masked
 
 PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 
+RUN_STATUS = {"finished": "FINISHED", "stopped": "KILLED", "diverged": "FAILED"}
+"""MLflow run status per outcome, so the UI tells them apart at a glance: a run the pruner stopped
+is KILLED, a diverged one FAILED (``clipsweep.status`` says which), a completed one FINISHED."""
+
 EvalCallback = Callable[[int, Mapping[str, float]], bool]
 """Called after each evaluation with (step, metrics); returning True stops the run (pruning)."""
 
@@ -338,5 +342,5 @@ def train(
     except BaseException as err:
         tracker.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
-    tracker.end_run("FINISHED")
+    tracker.end_run(RUN_STATUS[status])
     return RunResult(status, done, train_loss, val, telemetry.summary, tracker.describe(), history)

@@ -134,6 +134,7 @@ def test_cli_diverged_run_exits_0_and_is_recorded(tmp_path: Path) -> None:
     assert "DIVERGED" in done.stdout
     _, run = _only_run(tmp_path / "mlflow.db")
     assert run.data.tags["clipsweep.status"] == "diverged"
+    assert run.info.status == "FAILED"  # not the green "Finished" of a run that trained
     assert run.data.metrics["grad/nonfinite_steps"] > 0
 
 
