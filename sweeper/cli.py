@@ -34,6 +34,7 @@ commands:
   recommend  the recommended threshold of a stored study: clipsweep recommend --study NAME [--validate 3]
   export     write the best/recommended clip config: clipsweep export --study NAME --out conf/clip/best.yaml
   report     top trials, recommendation and norm figure: clipsweep report --study NAME
+  trials     every trial's state, outcome, objective and failure reason: clipsweep trials --study NAME [--format json]
   calibrate  one pilot run → a threshold, no sweep: clipsweep calibrate model=gru task=copy_memory
 
 Run 'clipsweep run --help' for the config groups and Hydra's flags."""
@@ -408,6 +409,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "recommend": study_commands.recommend_command,
     "export": study_commands.export_command,
     "report": study_commands.report_command,
+    "trials": study_commands.trials_command,
     "calibrate": study_commands.calibrate_command,
 }
 

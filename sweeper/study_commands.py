@@ -211,6 +211,25 @@ def export_command(args: Sequence[str]) -> int:
     return 0
 
 
+def trials_command(args: Sequence[str]) -> int:
+    """Every trial of a study: state, outcome (completed, pruned, diverged, failed), objective, params,
+    clip fraction and failure reason."""
+    from sweeper.config import SweeperConf
+    from sweeper.trials import FORMATS, render, rows
+
+    parser = _Parser(prog="clipsweep trials", description=trials_command.__doc__)
+    parser.add_argument("--study", help="study name (hydra.sweeper.study_name of the sweep)")
+    parser.add_argument(
+        "--storage", default=None, help=f"Optuna storage URL (default: $CLIPSWEEP_STORAGE, else {SweeperConf.storage})"
+    )
+    parser.add_argument("--format", choices=FORMATS, default="table", help="(default: %(default)s)")
+    options = parser.parse_args(list(args))
+    study, _ = _open_study(options)
+    objectives = ["value"] if len(study.directions) == 1 else [f"value{i}" for i in range(len(study.directions))]
+    sys.stdout.write(render(rows(study, objectives), options.format))
+    return 0
+
+
 def report_command(args: Sequence[str]) -> int:
     """Top trials, the recommendation with its evidence, and a PNG of the pooled norm distribution."""
     from sweeper.export import refuse_existing

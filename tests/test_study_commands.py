@@ -102,6 +102,23 @@ def test_report_command_prints_the_table_and_writes_the_figure(in_swept: Path, c
     assert (in_swept / "norms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_trials_command_lists_every_trial_as_table_json_and_csv(in_swept: Path, capsys) -> None:
+    study = load_study(in_swept, STUDY)
+    assert main(["trials", "--study", STUDY, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["number"] for r in rows] == [t.number for t in study.trials]
+    for row, trial in zip(rows, study.trials):
+        assert row["state"] == trial.state.name and row["value"] == trial.value
+        assert row["params.clip.threshold"] == trial.params["clip.threshold"]
+        assert row["mlflow_run_id"] == trial.user_attrs["mlflow_run_id"] and 0 <= row["clip_fraction"] <= 1
+    assert main(["trials", "--study", STUDY]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split()[:4] == ["number", "state", "outcome", "value"]
+    assert table.rstrip().endswith(f"{sum(t.state == TrialState.COMPLETE for t in study.trials)} completed")
+    assert main(["trials", "--study", STUDY, "--format", "csv"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == len(study.trials) + 1
+
+
 def test_study_commands_refuse_bad_input_without_writing(in_swept: Path, capsys) -> None:
     failed = optuna.create_study(study_name="all-failed", storage=f"sqlite:///{in_swept / 'clipsweep.db'}")
     failed.tell(failed.ask(), state=TrialState.FAIL)
