@@ -290,7 +290,7 @@ def _plan_sweep_line(args: Sequence[str]) -> SweepPlan:
 
     from sweeper.hydra_sweeper import plan_sweep
     from sweeper.study import open_storage, open_study_if_exists
-    from sweeper.training import reported_metrics
+    from sweeper.training import ANY_VAL, reported_metrics
 
     overrides, config_dir, config_name = _split_hydra_args([a for a in args if a not in _MULTIRUN_FLAGS])
     try:
@@ -306,7 +306,7 @@ def _plan_sweep_line(args: Sequence[str]) -> SweepPlan:
         del config["hydra"]
     reported = reported_metrics(_require_buildable(config))
     plan = plan_sweep(settings, task_arguments)
-    unknown = [name for name in plan.objectives if name not in reported]
+    unknown = [n for n in plan.objectives if n not in reported and not (n.startswith("val/") and ANY_VAL in reported)]
     if unknown:
         raise ConfigError("hydra.sweeper.objective", unknown[0], f"a metric the job reports: one of {sorted(reported)}")
     _require_searched_keys(plan, fixed, config_dir, config_name)

@@ -174,15 +174,26 @@ def _probe_precision(setup: Setup, precision: str) -> None:
         setup.model.zero_grad(set_to_none=True)
 
 
+ANY_VAL = "val/*"
+"""In ``reported_metrics``: the task's validation metrics could not be listed (its model raised)."""
+
+
 def reported_metrics(setup: Setup) -> set[str]:
     """The metric names a run of ``setup`` returns (what a sweep's objective may name): its task's
-    ``val/*`` (found by evaluating two validation examples), ``train/loss`` and the norm summary."""
-    x, y = setup.task.validation()
-    with torch.no_grad(), _autocast(setup):
-        out = setup.model(x[:2].to(setup.device))
-    names = {"loss", *task_metrics(setup.task, out, y[:2].to(setup.device))}
+    ``val/*`` (found by evaluating two validation examples), ``train/loss`` and the norm summary.
+
+    A model that raises here would fail every trial, which the sweep reports as failed trials
+    (exit 1 with the reason); its ``val/*`` names are then unknown, given as ``ANY_VAL``.
+    """
     summary = Telemetry(list(setup.model.named_parameters()), 1, setup.device).summary.metrics()
-    return {f"val/{name}" for name in names} | {"train/loss"} | set(summary)
+    x, y = setup.task.validation()
+    try:
+        with torch.no_grad(), _autocast(setup):
+            out = setup.model(x[:2].to(setup.device))
+        names = {f"val/{name}" for name in {"loss", *task_metrics(setup.task, out, y[:2].to(setup.device))}}
+    except Exception:
+        names = {"val/loss", ANY_VAL}
+    return names | {"train/loss"} | set(summary)
 
 
 @dataclass
