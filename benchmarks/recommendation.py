@@ -125,28 +125,34 @@ def main_benchmark() -> None:
     parser.add_argument("--sampler-seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     args = parser.parse_args()
-    tables = {}
+    print(HEADER)
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
-        for name in args.settings:
-            tables[name] = run_setting(name, SETTINGS[name], args.trials, args.seeds, args.sampler_seeds)
-    print(f"\nmean over fresh seeds 1..{args.seeds} of val/loss (regression) or 1 - val/accuracy (classification)")
-    print("| setting | no clipping | threshold 1.0 | sweep best (thr) | recommended (thr, interval) | rec/best | "
-          "rec spread | calibrated (thr) | cal/best | cal steps/sweep steps |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, t in tables.items():
-        sweeps = t["sweeps"]
-        best = "; ".join(f"{s['best']:.4g} ({s['best_thr']:.3g})" for s in sweeps)
-        rec = "; ".join(f"{s['rec']:.4g} ({s['rec_thr']:.3g}, {s['interval'][0]:.3g}..{s['interval'][1]:.3g})"
-                        for s in sweeps)  # fmt: skip
-        ratios = "; ".join(f"{s['rec'] / s['best']:.3f}" for s in sweeps)
-        thresholds = [s["rec_thr"] for s in sweeps]
-        spread = max(thresholds) / min(thresholds)
-        mean_best = statistics.fmean(s["best"] for s in sweeps)
-        share = t["cal_steps"] / statistics.fmean(s["sweep_steps"] for s in sweeps)
-        print(f"| {name} | {t['none']:.4g} | {t['one']:.4g} | {best} | {rec} | {ratios} | {spread:.2f}x | "
-              f"{t['cal']:.4g} ({t['cal_thr']:.3g}) | {t['cal'] / mean_best:.3f} | {share:.3f} |")  # fmt: skip
+        for name in args.settings:  # each row as soon as its setting is done: a long run can be read early
+            row = table_row(name, run_setting(name, SETTINGS[name], args.trials, args.seeds, args.sampler_seeds))
+            print(f"ROW {row}", flush=True)
+    print(f"mean over fresh seeds 1..{args.seeds} of val/loss (regression) or 1 - val/accuracy (classification)")
     print("targets: rec/best <= 1.02, rec spread <= 2x, cal/best <= 1.05 at cal steps/sweep steps <= 0.1")
+
+
+HEADER = (
+    "| setting | no clipping | threshold 1.0 | sweep best (thr) | recommended (thr, interval) | rec/best | "
+    "rec spread | calibrated (thr) | cal/best | cal steps/sweep steps |\n|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def table_row(name: str, t: dict) -> str:
+    sweeps = t["sweeps"]
+    best = "; ".join(f"{s['best']:.4g} ({s['best_thr']:.3g})" for s in sweeps)
+    rec = "; ".join(f"{s['rec']:.4g} ({s['rec_thr']:.3g}, {s['interval'][0]:.3g}..{s['interval'][1]:.3g})"
+                    for s in sweeps)  # fmt: skip
+    ratios = "; ".join(f"{s['rec'] / s['best']:.3f}" for s in sweeps)
+    thresholds = [s["rec_thr"] for s in sweeps]
+    spread = max(thresholds) / min(thresholds)
+    mean_best = statistics.fmean(s["best"] for s in sweeps)
+    share = t["cal_steps"] / statistics.fmean(s["sweep_steps"] for s in sweeps)
+    return (f"| {name} | {t['none']:.4g} | {t['one']:.4g} | {best} | {rec} | {ratios} | {spread:.2f}x | "
+            f"{t['cal']:.4g} ({t['cal_thr']:.3g}) | {t['cal'] / mean_best:.3f} | {share:.3f} |")  # fmt: skip
 
 
 if __name__ == "__main__":
