@@ -39,6 +39,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.clipping import ClipMethod
+from sweeper.config import RecommendConf
 from sweeper.errors import ConfigError
 from sweeper.study import STATUS_ATTR
 from sweeper.telemetry import NormHistogram, NormSegments
@@ -67,13 +68,13 @@ _NEIGHBOURHOOD = 2.0
 class RecommendSettings:
     """How the recommendation is derived; the CLI flags and ``hydra.sweeper.recommend`` feed it."""
 
-    tolerance: float = 0.1
+    tolerance: float = RecommendConf.tolerance
     """Good trials: within this fraction of the best-to-worst gap of the completed trials."""
-    bandwidth: float = 0.15
+    bandwidth: float = RecommendConf.bandwidth
     """Kernel width in the normalised search space (0.15 of a 3-decade log range = 0.45 decades)."""
-    transient: float = 0.1
+    transient: float = RecommendConf.transient
     """Fraction of each trial's planned steps dropped from the start of its norm statistics."""
-    percentile: float | None = None
+    percentile: float | None = RecommendConf.percentile
     """None: the robust trial; a number: that percentile of the good trials' norms as the threshold."""
 
     def __post_init__(self) -> None:

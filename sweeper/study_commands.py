@@ -40,27 +40,16 @@ def _study_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: the one the sweep used)")
     parser.add_argument("--objective", default="val/loss", help="metric name the study optimised")
     defaults = RecommendConf()
-    parser.add_argument(
-        "--tolerance", type=float, default=defaults.tolerance,
-        help="good trials: within this fraction of the best-to-worst gap (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--bandwidth", type=float, default=defaults.bandwidth,
-        help="neighbourhood width in the normalised search space (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--transient", type=float, default=defaults.transient,
-        help="fraction of each trial's steps left out of its norm statistics (default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--percentile", type=float, default=defaults.percentile,
-        help="read the threshold off the good trials' norms at this percentile instead (an extrapolation)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--validate", type=int, default=defaults.validate, metavar="K",
-        help="retrain the recommendation and the best trial's config on K fresh seeds (default: %(default)s; "
-        "a stored validation of the same configs is reused)",
-    )  # fmt: skip
+    for name, kind, text in (
+        ("tolerance", float, "good trials: within this fraction of the best-to-worst gap"),
+        ("bandwidth", float, "neighbourhood width in the normalised search space"),
+        ("transient", float, "fraction of each trial's steps left out of its norm statistics"),
+        ("percentile", float, "read the threshold off the good trials' norms at this percentile (an extrapolation)"),
+        ("validate", int, "retrain the recommendation and the best trial on K fresh seeds (a stored one is reused)"),
+    ):
+        parser.add_argument(
+            f"--{name}", type=kind, default=getattr(defaults, name), help=f"{text} (default: %(default)s)"
+        )
     return parser
 
 
