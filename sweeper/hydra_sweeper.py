@@ -249,19 +249,18 @@ class OptunaSweeper(Sweeper):
                 "clipsweep.role": "sweep",
             },
         )
-        if parent.run_id:  # where `clipsweep export` logs the exported file later
-            study.set_user_attr(PARENT_RUN_ATTR, parent.run_id)
-            study.set_user_attr(TRACKING_URI_ATTR, studies.mask_url(str(tracking.uri)))
-        print(
-            f"[clipsweep] study {plan.study_name!r} on {studies.mask_url(plan.storage_url)}: "
-            f"{len(studies.counted_trials(study))}/{plan.n_trials} trials already there; "
-            f"sampler {sampler_name}, pruner {type(plan.pruner).__name__}",
-            flush=True,
-        )
-        status = "FINISHED"
-        conclusion = ""
+        status, conclusion, summary = "FINISHED", "", ""
         restore = _sigterm_as_interrupt()
-        try:
+        try:  # from here on the parent run is open: whatever happens, it is closed (no RUNNING run, no hang)
+            if parent.run_id:  # where `clipsweep export` logs the exported file later
+                study.set_user_attr(PARENT_RUN_ATTR, parent.run_id)
+                study.set_user_attr(TRACKING_URI_ATTR, studies.mask_url(str(tracking.uri)))
+            print(
+                f"[clipsweep] study {plan.study_name!r} on {studies.mask_url(plan.storage_url)}: "
+                f"{len(studies.counted_trials(study))}/{plan.n_trials} trials already there; "
+                f"sampler {sampler_name}, pruner {type(plan.pruner).__name__}",
+                flush=True,
+            )
             message = self._loop(plan, study, parent)
             try:
                 conclusion = self._conclude(plan, study, parent, sweep_dir)
@@ -272,8 +271,10 @@ class OptunaSweeper(Sweeper):
             raise
         finally:
             restore()
-            summary = self._finish(plan, study, parent, sweep_dir)
-            parent.end_run(status)
+            try:
+                summary = self._finish(plan, study, parent, sweep_dir)
+            finally:
+                parent.end_run(status)
         if message:
             print(f"[clipsweep] {message}", flush=True)
         print(summary, flush=True)
