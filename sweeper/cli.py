@@ -263,6 +263,8 @@ def run_command(args: Sequence[str], validated: bool = False) -> int:
     except SweepFailed as err:
         print(f"clipsweep: {err}", file=sys.stderr, flush=True)
         return 1
+    except SystemExit as err:  # Hydra reports an error inside the app (its traceback printed) and exits
+        return err.code if isinstance(err.code, int) else 1
     finally:
         sys.argv = saved
     return 0

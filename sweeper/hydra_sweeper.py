@@ -9,6 +9,7 @@ finish the MLflow parent run. Jobs report intermediate values to their trial the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -262,6 +263,8 @@ class OptunaSweeper(Sweeper):
                 flush=True,
             )
             message = self._loop(plan, study, parent)
+            if message and message.startswith(_FAILED_PREFIX):
+                status = "FAILED"  # the parent run says what the exit code says
             try:
                 conclusion = self._conclude(plan, study, parent, sweep_dir)
             except Exception as err:  # the trials are done and stored: report, do not fail the sweep
@@ -329,16 +332,20 @@ class OptunaSweeper(Sweeper):
                         time.sleep(_POLL_SECONDS)  # another worker's trial may still fail and come back
                         continue
                     return None
+                told: set[int] = set()
                 try:
                     returns = self.launcher.launch([o for _, o in batch], initial_job_idx=self.job_idx)
-                except KeyboardInterrupt:  # SIGINT, or SIGTERM turned into it by sweep()
+                    self.job_idx += len(batch)
+                    for (trial, _), job in zip(batch, returns):
+                        studies.retrying(self._tell, plan, study, trial, job, parent)
+                        told.add(trial.number)
+                        heartbeat.discard(trial._trial_id)
+                except BaseException:  # SIGINT/SIGTERM, or the sweep itself failed: no trial left RUNNING
                     for trial, _ in batch:
-                        self._give_back(study, trial)
+                        if trial.number not in told:
+                            with contextlib.suppress(Exception):  # the storage may be what failed
+                                self._give_back(study, trial)
                     raise
-                self.job_idx += len(batch)
-                for (trial, _), job in zip(batch, returns):
-                    studies.retrying(self._tell, plan, study, trial, job, parent)
-                    heartbeat.discard(trial._trial_id)
                 print(studies.retrying(self._progress, plan, study), flush=True)
 
     @staticmethod
@@ -378,7 +385,8 @@ class OptunaSweeper(Sweeper):
 
     @staticmethod
     def _give_back(study: optuna.Study, trial: Trial) -> None:
-        """An interrupted trial: FAIL (not left RUNNING, not spending the failure budget), re-enqueued.
+        """A trial the sweep stopped under (interrupt or error): FAIL (not left RUNNING, not spending the
+        failure budget), re-enqueued.
 
         The copy is WAITING, so it counts towards ``n_trials`` and the next worker to ask runs it.
         """
