@@ -224,13 +224,18 @@ class MlflowTracker(Tracker):
         if self._client is None:
             from mlflow.tracking import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.uri)
+            # MLflow caches its SQL stores by URI for the process: a relative SQLite file must be made
+            # absolute, or a process that changed directory keeps writing to the first one.
+            self._client = MlflowClient(tracking_uri=self._store())
         return self._client
 
+    def _store(self) -> str:
+        if self.uri.startswith("sqlite:///"):  # a relative file means another store in another directory
+            return "sqlite:///" + os.path.abspath(self.uri[len("sqlite:///") :])
+        return self.uri
+
     def _experiment(self) -> str:
-        store = self.uri
-        if store.startswith("sqlite:///"):  # a relative file means another store in another directory
-            store = "sqlite:///" + os.path.abspath(store[len("sqlite:///") :])
+        store = self._store()
         key = (store, self.experiment_name)
         if key not in _EXPERIMENT_IDS:  # one lookup per process: a sweep starts many runs
             with _sqlite_creation_lock(store):
