@@ -83,6 +83,7 @@ class Arm:
     """One threshold of the grid: its run goes on from rung to rung (successive halving with continuation)."""
 
     threshold: float
+    objective: str = "val/loss"
     scores: list[tuple[int, float]] = field(default_factory=list)
     """(steps trained so far, objective) at the end of each rung it reached."""
     trainer: Trainer | None = None
@@ -90,7 +91,7 @@ class Arm:
     def advance(self, base: Mapping[str, Any], to_step: int, total: int) -> None:
         """Train on to ``to_step`` optimizer steps (building the run first) and score it there."""
         if self.trainer is None:
-            setup = build(_with(base, {"method": "norm", "threshold": self.threshold, "norm_type": 2.0}, total))
+            setup = build(_with(base, _norm_clip(self.threshold), total))
             telemetry = Telemetry(list(setup.model.named_parameters()), 100, setup.device, total_steps=total)
             self.trainer = Trainer(setup, telemetry)
         done = self.scores[-1][0] if self.scores else 0
@@ -99,8 +100,6 @@ class Arm:
             if self.trainer.telemetry.full:
                 self.trainer.telemetry.drain()
         self.scores.append((to_step, _value(self.trainer.evaluate(), self.objective)))
-
-    objective: str = "val/loss"
 
 
 @dataclass
@@ -117,7 +116,7 @@ class Calibration:
 
     @property
     def clip(self) -> dict[str, Any]:
-        return {"method": "norm", "threshold": self.threshold, "norm_type": 2.0}
+        return _norm_clip(self.threshold)
 
     def describe(self, sweep_steps: int) -> str:
         share = self.steps / sweep_steps if sweep_steps else math.nan
@@ -151,6 +150,10 @@ class Calibration:
         }
 
 
+def _norm_clip(threshold: float) -> dict[str, Any]:
+    return {"method": "norm", "threshold": threshold, "norm_type": 2.0}
+
+
 def _with(config: Mapping[str, Any], clip: Mapping[str, Any], steps: int) -> DictConfig:
     resolved = copy.deepcopy(dict(config))
     resolved["clip"] = dict(clip)
@@ -162,7 +165,7 @@ def pilot_config(config: DictConfig, settings: CalibrateSettings) -> DictConfig:
     resolved = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
     budget = settings.budget * int(resolved["train"]["steps"])
     steps = max(10, round(budget * settings.pilot_share))
-    return _with(resolved, {"method": "norm", "threshold": settings.cap, "norm_type": 2.0}, steps)
+    return _with(resolved, _norm_clip(settings.cap), steps)
 
 
 def _value(val: Mapping[str, float], objective: str) -> float:
