@@ -292,7 +292,7 @@ def _plan_sweep_line(args: Sequence[str]) -> SweepPlan:
 
     from sweeper.hydra_sweeper import plan_sweep
     from sweeper.study import open_storage, open_study_if_exists
-    from sweeper.training import ANY_VAL, reported_metrics
+    from sweeper.training import require_reported
 
     overrides, config_dir, config_name = _split_hydra_args([a for a in args if a not in _MULTIRUN_FLAGS])
     try:
@@ -306,15 +306,14 @@ def _plan_sweep_line(args: Sequence[str]) -> SweepPlan:
     config_hydra_sweep_dir = config.hydra.sweep.dir
     with open_dict(config):
         del config["hydra"]
-    reported = reported_metrics(_require_buildable(config))
+    setup = _require_buildable(config)
     plan = plan_sweep(settings, task_arguments)
-    unknown = [n for n in plan.objectives if n not in reported and not (n.startswith("val/") and ANY_VAL in reported)]
-    if unknown:
-        raise ConfigError("hydra.sweeper.objective", unknown[0], f"a metric the job reports: one of {sorted(reported)}")
+    for objective in plan.objectives:
+        require_reported("hydra.sweeper.objective", objective, setup)
     _require_searched_keys(plan, fixed, config_dir, config_name)
     _require_creatable(str(config_hydra_sweep_dir))
     storage = open_storage(plan.storage_url, plan.heartbeat_interval, plan.grace_period, plan.max_retry)
-    open_study_if_exists(storage, plan.study_name, plan.directions)
+    open_study_if_exists(storage, plan.study_name, plan.directions, plan.objectives)
     return plan
 
 

@@ -204,7 +204,7 @@ def plan_sweep(settings: Mapping[str, Any], arguments: Sequence[str]) -> SweepPl
 
 def open_planned_study(plan: SweepPlan) -> optuna.Study:
     storage = studies.open_storage(plan.storage_url, plan.heartbeat_interval, plan.grace_period, plan.max_retry)
-    return studies.open_study(storage, plan.study_name, plan.directions, plan.sampler, plan.pruner)
+    return studies.open_study(storage, plan.study_name, plan.directions, plan.sampler, plan.pruner, plan.objectives)
 
 
 class OptunaSweeper(Sweeper):

@@ -166,8 +166,13 @@ def open_study(
     directions: Sequence[str],
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
+    objectives: Sequence[str] | None = None,
 ) -> optuna.Study:
-    """Create the study or load it; a stored study with other directions is refused."""
+    """Create the study or load it; a stored study with other directions or objectives is refused.
+
+    The objectives' names are stored as the study's metric names (Optuna's own field, shown by its
+    dashboard), so that commands reading the study later know what it optimised.
+    """
     study = optuna.create_study(
         storage=storage,
         study_name=study_name,
@@ -176,23 +181,35 @@ def open_study(
         pruner=pruner,
         load_if_exists=True,  # a stored study keeps its own directions: checked below
     )
-    return _same_directions(study, directions)
+    study = _same_plan(study, directions, objectives)
+    if objectives is not None and study.metric_names is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            study.set_metric_names(list(objectives))
+    return study
 
 
-def open_study_if_exists(storage: BaseStorage, study_name: str, directions: Sequence[str]) -> optuna.Study | None:
-    """Load a stored study without creating one; refuse it when its directions differ."""
+def open_study_if_exists(
+    storage: BaseStorage, study_name: str, directions: Sequence[str], objectives: Sequence[str] | None = None
+) -> optuna.Study | None:
+    """Load a stored study without creating one; refuse it when its directions or objectives differ."""
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         return None
-    return _same_directions(study, directions)
+    return _same_plan(study, directions, objectives)
 
 
-def _same_directions(study: optuna.Study, directions: Sequence[str]) -> optuna.Study:
+def _same_plan(study: optuna.Study, directions: Sequence[str], objectives: Sequence[str] | None) -> optuna.Study:
     stored = [d.name.lower() for d in study.directions]
     if stored != [d.lower() for d in directions]:
         raise ConfigError(
             "hydra.sweeper.direction", list(directions), f"the stored study {study.study_name!r}'s direction {stored}"
+        )
+    named = study.metric_names
+    if objectives is not None and named is not None and list(named) != list(objectives):
+        raise ConfigError(
+            "hydra.sweeper.objective", list(objectives), f"the stored study {study.study_name!r}'s objective {named}"
         )
     return study
 

@@ -38,7 +38,7 @@ def _study_parser(prog: str, description: str) -> argparse.ArgumentParser:
         "--storage", default=None, help=f"Optuna storage URL (default: $CLIPSWEEP_STORAGE, else {SweeperConf.storage})"
     )
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default: the one the sweep used)")
-    parser.add_argument("--objective", default="val/loss", help="metric name the study optimised")
+    parser.add_argument("--objective", default=None, help="metric the study optimised (default: the one it stored)")
     defaults = RecommendConf()
     for name, kind, text in (
         ("tolerance", float, "good trials: within this fraction of the best-to-worst gap"),
@@ -78,10 +78,14 @@ def _recommend(options: argparse.Namespace) -> tuple[Any, Any, Any, str]:
 
     if options.validate < 0:
         raise ConfigError("--validate", options.validate, "a number of seeds >= 0")
-    study, url = _open_study(options)
-    settings = RecommendSettings(options.tolerance, options.bandwidth, options.transient, options.percentile)
     try:
-        recommendation = recommend(study, settings, options.objective)
+        settings = RecommendSettings(options.tolerance, options.bandwidth, options.transient, options.percentile)
+    except ConfigError as err:  # named by its flag here, not by its config key
+        raise ConfigError(f"--{err.key.rpartition('.')[2]}", err.value, err.allowed) from None
+    study, url = _open_study(options)
+    objective = _objective(study, options.objective)
+    try:
+        recommendation = recommend(study, settings, objective)
     except ValueError as err:
         raise ConfigError("--study", options.study, f"a study with a usable completed trial ({err})") from None
     stored = study.user_attrs.get(VALIDATION_ATTR)
@@ -93,6 +97,16 @@ def _recommend(options: argparse.Namespace) -> tuple[Any, Any, Any, str]:
         validation = validate(recommendation, options.validate, tracking, _parent_run_id(study))
         study.set_user_attr(VALIDATION_ATTR, validation.to_dict())
     return study, recommendation, validation, url
+
+
+def _objective(study: Any, requested: str | None) -> str:
+    """The objective the study stored (its metric names), or the one asked for if it is among them."""
+    stored = study.metric_names
+    if requested is None:
+        return stored[0] if stored else "val/loss"  # a study stored before its objective was
+    if stored is not None and requested not in stored:
+        raise ConfigError("--objective", requested, f"the objective study {study.study_name!r} optimised: {stored}")
+    return requested
 
 
 def _tracking_uri(study: Any, options: argparse.Namespace) -> str:
@@ -228,10 +242,12 @@ def report_command(args: Sequence[str]) -> int:
     parser.add_argument("--png", default=None, help="figure path (default: <study>-grad-norms.png)")
     parser.add_argument("--top", type=int, default=10, help="trials in the table (default: %(default)s)")
     options = parser.parse_args(list(args))
+    if options.top < 1:
+        raise ConfigError("--top", options.top, "a number of trials >= 1")
     png = Path(options.png or f"{options.study}-grad-norms.png")
     refuse_existing(png, force=True, flag="--png")  # before any work
     study, recommendation, validation, _ = _recommend(options)
-    print(trials_table(study, [options.objective], options.top))
+    print(trials_table(study, [recommendation.objective], options.top))
     print(recommendation.describe())
     if validation is not None:
         print(validation.describe())
@@ -248,10 +264,11 @@ def calibrate_command(args: Sequence[str]) -> int:
     from dataclasses import fields
 
     from sweeper.calibrate import CalibrateSettings, calibrate
-    from sweeper.cli import _check_buildable, _one_line, _split_hydra_args, compose
+    from sweeper.cli import _one_line, _require_buildable, _split_hydra_args, compose
     from sweeper.config import SweeperConf
     from sweeper.export import refuse_existing, write
     from sweeper.tracking import make_tracker
+    from sweeper.training import require_reported
 
     parser = _Parser(prog="clipsweep calibrate", description=calibrate_command.__doc__)
     for spec in fields(CalibrateSettings):
@@ -270,10 +287,7 @@ def calibrate_command(args: Sequence[str]) -> int:
         config = compose(overrides, config_dir, config_name)
     except Exception as err:
         raise UsageError(_one_line(err)) from None
-    error = _check_buildable(config)
-    if error is not None:
-        print(f"clipsweep: error: {error}", file=sys.stderr)
-        return 2
+    require_reported("--objective", settings.objective, _require_buildable(config), prefix="val/")
     tracker = make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)
     try:
         calibration = calibrate(config, settings, tracker)

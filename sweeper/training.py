@@ -196,6 +196,14 @@ def reported_metrics(setup: Setup) -> set[str]:
     return names | {"train/loss"} | set(summary)
 
 
+def require_reported(key: str, metric: str, setup: Setup, prefix: str = "") -> None:
+    """Refuse (naming ``key``) a ``metric`` that a run of ``setup`` does not report, among those
+    starting with ``prefix``: an objective nobody reports would fail every trial or rank nothing."""
+    reported = {name for name in reported_metrics(setup) if name.startswith(prefix)}
+    if metric not in reported and not (metric.startswith("val/") and ANY_VAL in reported):
+        raise ConfigError(key, metric, f"a metric the job reports: one of {sorted(reported)}")
+
+
 @dataclass
 class RunResult:
     """What a run produced; ``status`` is finished, diverged or stopped (by the eval callback)."""

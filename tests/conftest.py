@@ -81,6 +81,17 @@ def run_sweep(
     return done
 
 
+SWEPT_STUDY = "cmd"
+
+
+@pytest.fixture(scope="session")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding a finished 4-trial sweep's stores (study ``cmd``), for the commands that read one."""
+    cwd = tmp_path_factory.mktemp("swept")
+    run_sweep(cwd, "hydra.sweeper.n_trials=4", f"hydra.sweeper.study_name={SWEPT_STUDY}", "train.steps=40")
+    return cwd
+
+
 def load_study(cwd: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd / 'clipsweep.db'}")
 

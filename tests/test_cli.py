@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from conftest import free_port
+from conftest import SWEPT_STUDY, free_port
 from mlflow.tracking import MlflowClient
 
 from sweeper.cli import conf_dir, main
@@ -138,39 +140,181 @@ def test_cli_diverged_run_exits_0_and_is_recorded(tmp_path: Path) -> None:
     assert run.data.metrics["grad/nonfinite_steps"] > 0
 
 
-@pytest.mark.parametrize(
-    ("args", "named"),
-    [
-        (["model=transformer"], "model/transformer"),
-        (["task=mnist"], "task/mnist"),
-        (["clip=clipx"], "clip/clipx"),
-        (["train.stpes=10"], "train.stpes"),
-        (["clip.threshold=0"], "clip.threshold=0.0"),
-        (["clip.threshold=-1"], "clip.threshold=-1.0"),
-        (["clip=percentile", "clip.percentile=0"], "clip.percentile=0.0"),
-        (["clip=percentile", "clip.percentile=100.5"], "clip.percentile=100.5"),
-        (["task=text_csv", "task.path=missing.csv"], "task.path='missing.csv'"),
-        (["train.precision=bf15"], "train.precision='bf15'"),
-        (["train.precision=16", "train.device=cpu"], "train.precision='16'"),
-        (["tracking.uri=http://127.0.0.1:{port}"], "tracking.uri="),
-        (["tracking.uri=sqlite:///no/such/dir/mlflow.db"], "tracking.uri="),
-    ],
-)
+def _stored(*args: str, named: str) -> Any:
+    """A case that runs beside a copy of a finished sweep's stores (study ``cmd``) and a file ``taken.yaml``."""
+    return pytest.param(list(args), named, True, id=" ".join(args))
+
+
+def _fresh(*args: str, named: str) -> Any:
+    return pytest.param(list(args), named, False, id=" ".join(args))
+
+
+# Every command's bad input: (command line, what its one line must name, whether it needs stored results).
+BAD_INPUT = [
+    # run: a bad group, key or value, found by composition, by the typed schema or by a constructor
+    _fresh("run", "model=transformer", named="model/transformer"),
+    _fresh("run", "task=mnist", named="task/mnist"),
+    _fresh("run", "clip=clipx", named="clip/clipx"),
+    _fresh("run", "train.stpes=10", named="train.stpes"),
+    _fresh("run", "clip.threshold=0", named="clip.threshold=0.0"),
+    _fresh("run", "clip.threshold=-1", named="clip.threshold=-1.0"),
+    _fresh("run", "clip=percentile", "clip.percentile=0", named="clip.percentile=0.0"),
+    _fresh("run", "clip=percentile", "clip.percentile=100.5", named="clip.percentile=100.5"),
+    _fresh("run", "optim.lr=-0.1", named="optim.lr=-0.1"),
+    _fresh("run", "train.steps=0", named="train.steps=0"),
+    _fresh("run", "task=text_csv", "task.path=missing.csv", named="task.path='missing.csv'"),
+    _fresh("run", "train.precision=bf15", named="train.precision='bf15'"),
+    _fresh("run", "train.precision=16", "train.device=cpu", named="train.precision='16'"),
+    _fresh("run", "train.device=tpu", named="train.device='tpu'"),
+    _fresh("run", "tracking.uri=http://127.0.0.1:{port}", named="tracking.uri="),
+    _fresh("run", "tracking.uri=sqlite:///no/such/dir/mlflow.db", named="tracking.uri="),
+    # sweep: the whole plan (search space, sampler, pruner, objective, storage, output) before the first trial
+    _fresh("sweep", "hydra/sweeper/sampler=annealing", named="hydra/sweeper/sampler/annealing"),
+    _fresh("sweep", "hydra/sweeper/pruner=patient", named="hydra/sweeper/pruner/patient"),
+    _fresh("sweep", "search=none", named="hydra.sweeper.params"),
+    _fresh("sweep", "clip.threshold=interval(5, 1)", named="low <= high"),
+    _fresh("sweep", "clip.threshold=tag(log, interval(0, 1))", named="low > 0"),
+    _fresh("sweep", "hydra.sweeper.direction=up", named="hydra.sweeper.direction='up'"),
+    _fresh("sweep", "hydra.sweeper.direction=[minimize,maximize]", named="hydra.sweeper.objective"),
+    _fresh("sweep", "hydra.sweeper.n_trials=0", named="hydra.sweeper.n_trials=0"),
+    _fresh("sweep", "hydra.sweeper.max_failure_rate=2", named="hydra.sweeper.max_failure_rate"),
+    _fresh(
+        "sweep", "hydra.sweeper.storage=postgresql://clipsweep:secret@127.0.0.1:1/none", named="hydra.sweeper.storage="
+    ),
+    _fresh("sweep", "hydra.sweeper.storage=sqlite:///no/such/dir/x.db", named="hydra.sweeper.storage="),
+    _stored(
+        "sweep",
+        f"hydra.sweeper.study_name={SWEPT_STUDY}",
+        "hydra.sweeper.direction=maximize",
+        named="hydra.sweeper.direction=['maximize'] is not allowed",
+    ),
+    _stored(
+        "sweep",
+        f"hydra.sweeper.study_name={SWEPT_STUDY}",
+        "hydra.sweeper.objective=train/loss",
+        named="hydra.sweeper.objective=['train/loss'] is not allowed: the stored study 'cmd''s objective ['val/loss']",
+    ),
+    _fresh("sweep", "hydra/sweeper/sampler=grid", named="hydra.sweeper.sampler='grid'"),
+    _fresh(
+        "sweep", "clip.threshold=-1", "search=threshold", "optim.lr=interval(0.01, 0.1)", named="clip.threshold=-1.0"
+    ),
+    # a searched key the composed config lacks would fail every trial that samples it
+    _fresh("sweep", "clip=none", "optim.lr=interval(500, 5000)", named="hydra.sweeper.params.clip.threshold="),
+    _fresh(
+        "sweep",
+        "search=none",
+        "clip=choice(norm,value,percentile)",
+        "clip.threshold=interval(0.1, 1)",
+        named="a key of the config with clip=percentile",
+    ),
+    _fresh(
+        "sweep",
+        "search=none",
+        "model=choice(lstm,transformer)",
+        "optim.lr=interval(0.01, 0.1)",
+        named="model=transformer",
+    ),
+    _fresh("sweep", "hydra.sweep.dir=/proc/nope", named="hydra.sweep.dir='/proc/nope'"),
+    _fresh(
+        "sweep", "hydra.sweeper.objective=val/acc", named="a metric the job reports: one of ["
+    ),  # adding: no accuracy
+    pytest.param(
+        ["sweep", "hydra/sweeper/sampler=cmaes"],
+        "(pip install cmaes)",
+        False,
+        marks=pytest.mark.skipif(importlib.util.find_spec("cmaes") is not None, reason="cmaes is installed"),
+    ),
+    # init: what sweep checks, and a name the workers share
+    _fresh("init", named="hydra.sweeper.study_name=None"),
+    _fresh("init", "hydra.sweeper.study_name=big", "hydra.sweeper.n_trials=-3", named="hydra.sweeper.n_trials=-3"),
+    _fresh("init", "hydra.sweeper.study_name=big", "hydra/sweeper/sampler=grid", named="hydra.sweeper.sampler='grid'"),
+    _stored(
+        "init",
+        f"hydra.sweeper.study_name={SWEPT_STUDY}",
+        "hydra.sweeper.direction=maximize",
+        named="hydra.sweeper.direction=['maximize'] is not allowed",
+    ),
+    # recommend / export / report / trials: a stored study, and the flags that shape what they derive
+    _stored(
+        "recommend", "--study", "nope", named="--study='nope' is not allowed: a study in sqlite:///clipsweep.db: one of"
+    ),
+    _stored("recommend", named="--study=None is not allowed"),
+    _stored("recommend", "--study", SWEPT_STUDY, "--tolerance", "1.5", named="--tolerance=1.5"),
+    _stored("recommend", "--study", SWEPT_STUDY, "--bandwidth", "0", named="--bandwidth=0.0"),
+    _stored("recommend", "--study", SWEPT_STUDY, "--percentile", "0", named="--percentile=0.0"),
+    _stored("recommend", "--study", SWEPT_STUDY, "--validate", "-1", named="--validate=-1"),
+    _stored("recommend", "--study", SWEPT_STUDY, "--objective", "val/acc", named="--objective='val/acc'"),
+    _stored(
+        "recommend", "--study", SWEPT_STUDY, "--validate", "two", named="argument --validate: invalid int value: 'two'"
+    ),
+    _stored("export", "--study", SWEPT_STUDY, "--out", "taken.yaml", named="--out='taken.yaml' is not allowed"),
+    _stored("export", "--run-id", "0123456789abcdef", named="--run-id='0123456789abcdef' is not allowed"),
+    _stored("export", "--study", SWEPT_STUDY, "--format", "toml", named="argument --format: invalid choice: 'toml'"),
+    _stored("export", "--study", SWEPT_STUDY, "--which", "median", named="argument --which: invalid choice: 'median'"),
+    _stored("export", "--study", SWEPT_STUDY, "--out", "taken.yaml/best.yaml", named="taken.yaml is not a directory"),
+    _stored("export", "--study", SWEPT_STUDY, "--out", "/proc/clip/best.yaml", named="--out='/proc/clip/best.yaml'"),
+    _stored(
+        "report",
+        "--study",
+        SWEPT_STUDY,
+        "--storage",
+        "sqlite:///missing.db",
+        named="no such file (run clipsweep sweep first)",
+    ),
+    _stored(
+        "report", "--study", SWEPT_STUDY, "--png", "taken.yaml/f.png", named="--png='taken.yaml/f.png' is not allowed"
+    ),
+    _stored("report", "--study", SWEPT_STUDY, "--top", "0", named="--top=0"),
+    _stored("trials", "--study", "nope", named="--study='nope' is not allowed"),
+    _stored("trials", "--study", SWEPT_STUDY, "--format", "xml", named="argument --format: invalid choice: 'xml'"),
+    # calibrate: its own settings, and the run's config as run checks it
+    _fresh("calibrate", "--budget", "0", named="--budget=0.0"),
+    _fresh("calibrate", "--grid", "1", named="--grid=1"),
+    _fresh("calibrate", "--eta", "1", named="--eta=1"),
+    _fresh("calibrate", "--pilot-share", "1.5", named="--pilot-share=1.5"),
+    _fresh("calibrate", "--objective", "val/acc", named="--objective='val/acc'"),
+    _fresh("calibrate", "model=transformer", named="model/transformer"),
+    _fresh("calibrate", "train.steps=0", named="train.steps=0"),
+    _stored("calibrate", "--out", "taken.yaml", named="--out='taken.yaml' is not allowed"),
+    # the command itself
+    _fresh("sweeep", named="command='sweeep'"),
+]
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(("args", "named", "stored"), BAD_INPUT)
 def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], named: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+    args: list[str],
+    named: str,
+    stored: bool,
 ) -> None:
+    """Exit code 2, one line that names the key and the bad value (and what is allowed), and not one
+    file created or changed: no MLflow store, no Optuna storage, no Hydra output directory."""
+    if stored:
+        swept = request.getfixturevalue("swept")
+        for store in ("clipsweep.db", "mlflow.db"):
+            shutil.copy(swept / store, tmp_path / store)
+        (tmp_path / "taken.yaml").write_text("keep")
     monkeypatch.chdir(tmp_path)
-    args = [a.format(port=free_port()) for a in args]
-    assert main(["run", *args]) == 2
+    before = _snapshot(tmp_path)
+    assert main([a.format(port=free_port()) for a in args]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("clipsweep: error:") and "\n" not in err
-    assert named in err
-    assert list(tmp_path.iterdir()) == []  # no MLflow store, no Hydra output directory
+    assert err.startswith("clipsweep: error:") and "\n" not in err, err
+    assert named in err, err
+    assert "secret" not in err
+    assert _snapshot(tmp_path) == before
 
 
-def test_cli_unknown_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["sweeep"]) == 2
-    assert "command='sweeep'" in capsys.readouterr().err
+def test_cli_init_help_prints_its_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init", "--help"]) == 0
+    assert "hydra.sweeper.study_name=NAME" in capsys.readouterr().out
 
 
 def test_conf_dir_is_found_from_an_installed_wheel(tmp_path: Path) -> None:

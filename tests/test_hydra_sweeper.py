@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -17,7 +16,6 @@ from conftest import TINY, load_study, mlflow_runs, run_sweep, with_pythonpath
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from sweeper.cli import main
 from sweeper.recommend import CONFIG_ATTR, NORMS_ATTR, PARENT_RUN_ATTR, recommend
 
 FAULTY_MODEL = """
@@ -288,58 +286,6 @@ def test_sweep_killed_mid_trial_is_failed_by_heartbeat_and_retried(
     dead_run = client.get_run(running.user_attrs["mlflow_run_id"])
     assert dead_run.info.status == "KILLED"
     assert dead_run.data.tags["clipsweep.trial_state"] == "FAIL (stale heartbeat)"
-
-
-def _existing_maximize_study(tmp_path: Path) -> None:
-    optuna.create_study(study_name="maxed", storage=f"sqlite:///{tmp_path / 'clipsweep.db'}", direction="maximize")
-
-
-@pytest.mark.parametrize(
-    ("args", "named"),
-    [
-        (["hydra/sweeper/sampler=annealing"], "hydra/sweeper/sampler/annealing"),
-        (["hydra/sweeper/pruner=patient"], "hydra/sweeper/pruner/patient"),
-        (["search=none"], "hydra.sweeper.params"),
-        (["clip.threshold=interval(5, 1)"], "low <= high"),
-        (["clip.threshold=tag(log, interval(0, 1))"], "low > 0"),
-        (["hydra.sweeper.direction=up"], "hydra.sweeper.direction='up'"),
-        (["hydra.sweeper.direction=[minimize,maximize]"], "hydra.sweeper.objective"),
-        (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0"),
-        (["hydra.sweeper.max_failure_rate=2"], "hydra.sweeper.max_failure_rate"),
-        (["hydra.sweeper.storage=postgresql://clipsweep:secret@127.0.0.1:1/none"], "hydra.sweeper.storage="),
-        (["hydra.sweeper.storage=sqlite:///no/such/dir/x.db"], "hydra.sweeper.storage="),
-        (["hydra.sweeper.study_name=maxed"], "direction ['maximize']"),
-        (["hydra/sweeper/sampler=grid"], "hydra.sweeper.sampler='grid'"),
-        (["clip.threshold=-1", "search=threshold", "optim.lr=interval(0.01, 0.1)"], "clip.threshold=-1.0"),
-        # A searched key the composed config lacks would fail every trial that samples it.
-        (["clip=none", "optim.lr=interval(500, 5000)"], "hydra.sweeper.params.clip.threshold="),
-        (
-            ["search=none", "clip=choice(norm,value,percentile)", "clip.threshold=interval(0.1, 1)"],
-            "a key of the config with clip=percentile",
-        ),
-        (["search=none", "model=choice(lstm,transformer)", "optim.lr=interval(0.01, 0.1)"], "model=transformer"),
-        (["hydra.sweep.dir=/proc/nope"], "hydra.sweep.dir='/proc/nope'"),
-        (["hydra.sweeper.objective=val/acc"], "a metric the job reports: one of ["),  # adding has no accuracy
-        pytest.param(
-            ["hydra/sweeper/sampler=cmaes"],
-            "(pip install cmaes)",
-            marks=pytest.mark.skipif(importlib.util.find_spec("cmaes") is not None, reason="cmaes is installed"),
-        ),
-    ],
-)
-def test_sweep_bad_input_exits_2_with_one_line_and_writes_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str], named: str
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    if "maxed" in " ".join(args):
-        _existing_maximize_study(tmp_path)
-    before = sorted(p.name for p in tmp_path.iterdir())
-    assert main(["sweep", *args]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("clipsweep: error:") and "\n" not in err
-    assert named in err
-    assert "secret" not in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_hydra_plugin_module_imports_no_heavy_package() -> None:
