@@ -15,6 +15,7 @@ other, calibrate within 5% at <= 1/10 of the sweep's steps, both better than 1.0
 already optimal.
 
     python benchmarks/recommendation.py [--trials 12] [--seeds 3] [--sampler-seeds 0 1] [--settings ...]
+                                        [--store DIR]
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def run_sweep(name: str, overrides: list[str], trials: int, seeds: int, sampler_
     sweep = ["sweep", *overrides, "search=threshold", f"hydra.sweeper.n_trials={trials}",
              f"hydra.sweeper.study_name={study_name}", f"hydra.sweeper.seed={sampler_seed}", "tracking.enabled=false",
              "train.threads=1"]  # fmt: skip
+    # A kept sweep (--store) is reused: a change of the rule is then measured on the same trials.
     assert main(sweep) == 0, f"the {name} sweep failed"
     study = optuna.load_study(study_name=study_name, storage="sqlite:///clipsweep.db")
     recommendation = recommend(study, RecommendSettings())
@@ -124,10 +126,12 @@ def main_benchmark() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--sampler-seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--store", default=None, help="keep the sweeps' study here (and reuse finished ones)")
     args = parser.parse_args()
     print(HEADER)
     with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)
+        os.makedirs(args.store or tmp, exist_ok=True)
+        os.chdir(args.store or tmp)
         for name in args.settings:  # each row as soon as its setting is done: a long run can be read early
             row = table_row(name, run_setting(name, SETTINGS[name], args.trials, args.seeds, args.sampler_seeds))
             print(f"ROW {row}", flush=True)

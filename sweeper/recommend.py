@@ -12,7 +12,10 @@ parameters, so the rule works on that surface:
 2. **Anchor**: each good trial is scored by a kernel average (width ``bandwidth``, in the searched
    space normalised to [0, 1] per parameter, log parameters in log space) of its neighbours'
    quality, pruned and diverged trials counting as worst. The anchor is the best-scored good
-   trial: one lucky trial in a bad neighbourhood loses to a good trial among good ones.
+   trial: one lucky trial in a bad neighbourhood loses to a good trial among good ones. While any
+   good trial clipped, trials that never clipped (in their steady state) neither anchor nor are
+   chosen: they trained as if unclipped, so their result says their seed did not blow up, not that
+   their threshold protects (on fresh seeds such a "flat never-clipping plateau" did 1.5x worse).
 3. **Centre**: the quality- and kernel-weighted mean of the good trials near the anchor; the
    recommendation is the good trial nearest to it. So the recommended config was itself trained
    and scored, lies inside what good trials support by construction, and is exported and
@@ -373,20 +376,27 @@ def _robust_trial(
     def kernel(at: np.ndarray) -> np.ndarray:
         return np.exp(-((everyone - at) ** 2).sum(axis=1) / (2 * h * h))
 
-    scores = [float(kernel(p) @ quality / kernel(p).sum()) for p in points]
-    anchor = int(np.argmax(scores))
+    scores = np.array([float(kernel(p) @ quality / kernel(p).sum()) for p in points])
+    # A trial that never clipped trained as if unclipped: its result says that this seed did not blow
+    # up, not that its threshold is good. While a good trial clipped, only clipping trials anchor and
+    # are chosen (never-clipping ones stay evidence about their neighbours).
+    clipped = np.array([t.clipped > 0 for t in trials])
+    eligible = clipped if (clipped & (regret <= tol)).any() else np.ones(len(trials), bool)
+    anchor = int(np.argmax(np.where(eligible, scores, -np.inf)))
     weights = kernel(points[anchor])[: len(points)]
     close = weights >= math.exp(-(_NEIGHBOURHOOD**2) / 2)
-    local_best = regret[close].min()
+    local_best = regret[close & eligible].min()
     good = np.flatnonzero(close & (regret <= local_best + tol))
     w = weights[good] * np.exp(-(regret[good] - local_best) / max(tol, 1e-9))
     centre = (w[:, None] * points[good]).sum(axis=0) / w.sum()
-    chosen = int(good[np.argmin(((points[good] - centre) ** 2).sum(axis=1))])
+    pick = good[eligible[good]]
+    chosen = int(pick[np.argmin(((points[pick] - centre) ** 2).sum(axis=1))])
     centre_text = ", ".join(f"{key}={_short(space.value(key, u))}" for key, u in zip(space.dims, centre))
     rule = (
         f"the good trial nearest the weighted centre ({centre_text}) of the {len(good)} good trials around trial "
         f"{trials[anchor].number}, the trial with the best neighbourhood (good: within {tol:.0%} of the "
         f"best-to-worst gap of the best there; kernel width {h:g})"
+        + ("" if eligible.all() else "; trials that never clipped left out: a good trial clipped")
     )
     return trials[chosen], [trials[k] for k in good], _interval(space, trials, points, good, chosen, h), rule
 

@@ -177,6 +177,27 @@ def test_recommend_when_the_top_trials_clipped_every_step_or_never(
     assert r.clip_fraction == pytest.approx(clipped, abs=0.01)
 
 
+def test_recommend_prefers_a_good_clipping_trial_to_a_plateau_that_never_clipped(tmp_path: Path) -> None:
+    # Five thresholds far above every steady-state norm (they trained unclipped) did about as well as the
+    # best, and agree with each other; two thresholds that clipped did best, among worse neighbours.
+    study = _study(tmp_path)
+    for i, threshold in enumerate((10.0, 14.0, 20.0, 28.0, 40.0)):
+        _add(study, 0.0102 + 0.0001 * i, {"clip.threshold": threshold})
+    for threshold, value in ((0.3, 0.0100), (0.4, 0.0101), (0.1, 0.05), (0.05, 0.06)):
+        _add(study, value, {"clip.threshold": threshold})
+    never = recommend(study, RecommendSettings(tolerance=0.1))
+    assert never.trial is not None and never.trial.clipped > 0
+    assert never.threshold in (0.3, 0.4) and 0 < never.clip_fraction < 1
+    assert "never clipped left out" in never.rule
+    # Without the clipping ones, the plateau is what the sweep supports.
+    plateau = _study(tmp_path, "plateau")
+    for i, threshold in enumerate((10.0, 14.0, 20.0, 28.0, 40.0)):
+        _add(plateau, 0.0102 + 0.0001 * i, {"clip.threshold": threshold})
+    _add(plateau, 0.05, {"clip.threshold": 0.1})
+    r = recommend(plateau, RecommendSettings(tolerance=0.1))
+    assert 10.0 <= r.threshold <= 40.0 and "left out" not in r.rule
+
+
 def test_recommend_keeps_the_learning_rate_with_its_threshold(tmp_path: Path) -> None:
     # Clipping bounds the step: what learns is lr x threshold near 0.003, on a diagonal band.
     study = _study(tmp_path)
