@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from sweeper.cli import compose
+from sweeper.composition import compose
 from sweeper.tracking import make_tracker
 from sweeper.training import build, train
 

@@ -31,7 +31,8 @@ import optuna
 from optuna.trial import TrialState
 
 from sweeper.calibrate import CalibrateSettings, calibrate
-from sweeper.cli import compose, main
+from sweeper.cli import main
+from sweeper.composition import compose
 from sweeper.recommend import CONFIG_ATTR, RecommendSettings, recommend
 from sweeper.tracking import NullTracker
 from sweeper.validation import retrain

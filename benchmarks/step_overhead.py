@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from sweeper.cli import compose
+from sweeper.composition import compose
 from sweeper.telemetry import Telemetry
 from sweeper.training import Trainer, build
 

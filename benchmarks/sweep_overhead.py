@@ -19,7 +19,8 @@ from pathlib import Path
 
 import optuna
 
-from sweeper.cli import compose, main
+from sweeper.cli import main
+from sweeper.composition import compose
 from sweeper.search_space import format_value
 from sweeper.tracking import make_tracker
 from sweeper.training import build, train

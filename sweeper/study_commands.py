@@ -264,7 +264,7 @@ def calibrate_command(args: Sequence[str]) -> int:
     from dataclasses import fields
 
     from sweeper.calibrate import CalibrateSettings, calibrate
-    from sweeper.cli import _one_line, _require_buildable, _split_hydra_args, compose
+    from sweeper.composition import compose, one_line, require_buildable, split_hydra_args
     from sweeper.config import SweeperConf
     from sweeper.export import refuse_existing, write
     from sweeper.tracking import make_tracker
@@ -282,12 +282,12 @@ def calibrate_command(args: Sequence[str]) -> int:
     settings = CalibrateSettings(**{f.name: getattr(options, f.name) for f in fields(CalibrateSettings)})
     out = Path(options.out) if options.out else None
     refuse_existing(out, options.force)
-    overrides, config_dir, config_name = _split_hydra_args(overrides)
+    overrides, config_dir, config_name = split_hydra_args(overrides)
     try:
         config = compose(overrides, config_dir, config_name)
     except Exception as err:
-        raise UsageError(_one_line(err)) from None
-    require_reported("--objective", settings.objective, _require_buildable(config), prefix="val/")
+        raise UsageError(one_line(err)) from None
+    require_reported("--objective", settings.objective, require_buildable(config), prefix="val/")
     tracker = make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)
     try:
         calibration = calibrate(config, settings, tracker)

@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-from sweeper.cli import compose
+from sweeper.composition import compose
 
 TOXIC = ["idiot", "stupid", "hate", "moron", "trash", "loser", "dumb", "ugly"]
 CLEAN = ["thanks", "great", "helpful", "agree", "nice", "interesting", "welcome", "useful"]

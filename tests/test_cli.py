@@ -16,7 +16,8 @@ import pytest
 from conftest import SWEPT_STUDY, free_port
 from mlflow.tracking import MlflowClient
 
-from sweeper.cli import conf_dir, main
+from sweeper.cli import main
+from sweeper.composition import conf_dir
 
 FAST = ("model.hidden_size=16", "task.seq_len=12", "task.val_size=64", "train.batch_size=8")
 
@@ -334,7 +335,7 @@ def test_conf_dir_is_found_from_an_installed_wheel(tmp_path: Path) -> None:
     )  # fmt: skip
     assert installed.returncode == 0, installed.stderr
     probe = (
-        "import sweeper.cli as c; from sweeper.cli import compose, conf_dir; "
+        "import sweeper.composition as c; from sweeper.composition import compose, conf_dir; "
         "print(c.__file__); print(conf_dir()); print(compose(['model=gru', 'clip=zclip']).clip.method.value)"
     )
     done = subprocess.run(

@@ -81,9 +81,9 @@ def test_compose_worker_command_is_accepted_by_the_real_sweeper(tmp_path: Path, 
     assert main([*command, "tracking.enabled=false"]) == 0
     worker = [_substitute(part) for part in SERVICES["worker"]["command"]]
     assert worker[0] == "sweep" and "train.threads=1" in worker
-    from sweeper.cli import _validate_sweep_line
+    from sweeper.preflight import validate_sweep_line
 
-    assert _validate_sweep_line([*worker[1:], "tracking.enabled=false"]) is None
+    assert validate_sweep_line([*worker[1:], "tracking.enabled=false"]) is None
 
 
 def test_compose_mlflow_server_flags_exist_in_the_installed_mlflow() -> None:

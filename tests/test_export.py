@@ -12,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sweeper.cli import compose
+from sweeper.composition import compose
 from sweeper.errors import ConfigError
 from sweeper.export import ExportFormat, Which, choose, load_clip, render, source, write
 from sweeper.recommend import Recommendation, TrialNorms

@@ -1,0 +1,105 @@
+"""The config a command line composes: ``conf/`` (installed or checked out), a user's config dir and
+``./conf``, through Hydra's compose API exactly as ``clipsweep run`` would, and the run's parts built
+from it. Shared by every command that trains or checks a config."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig
+
+from sweeper.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sweeper.training import Setup
+
+
+def conf_dir() -> Path:
+    """``conf/``: the installed copy (package ``clipsweep_conf``) or the checkout's."""
+    spec = importlib.util.find_spec("clipsweep_conf")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parent.parent / "conf"
+
+
+def working_conf_dir() -> str | None:
+    """``./conf`` when it exists and is not the package's own: files exported there (``clipsweep
+    export --out conf/clip/best.yaml``) are then found by ``clip=best`` without ``--config-dir``."""
+    local = Path("conf")
+    if local.is_dir() and local.resolve() != conf_dir().resolve():
+        return str(local)
+    return None
+
+
+def split_hydra_args(args: Sequence[str]) -> tuple[list[str], str | None, str]:
+    """(overrides, --config-dir, --config-name) from a Hydra command line."""
+    overrides: list[str] = []
+    config_dir, config_name = None, "config"
+    it = iter(args)
+    for arg in it:
+        for flags, target in (({"--config-dir", "-cd"}, "dir"), ({"--config-name", "-cn"}, "name")):
+            name, eq, value = arg.partition("=")
+            if name in flags:
+                value = value if eq else next(it, "")
+                if target == "dir":
+                    config_dir = value
+                else:
+                    config_name = value
+                break
+        else:
+            overrides.append(arg)
+    if config_dir is None:
+        config_dir = working_conf_dir()
+    return overrides, config_dir, config_name
+
+
+def compose(
+    overrides: Sequence[str],
+    config_dir: str | None = None,
+    config_name: str = "config",
+    return_hydra_config: bool = False,
+) -> DictConfig:
+    """Compose ``conf/`` (plus a user's config dir) exactly as ``clipsweep run`` would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from sweeper.config import register_schemas
+
+    register_schemas()
+    extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return hydra_compose(
+            config_name=config_name, overrides=[*overrides, *extra], return_hydra_config=return_hydra_config
+        )
+
+
+def one_line(err: BaseException) -> str:
+    """Hydra/OmegaConf errors span several lines and chain their cause: keep what names the problem."""
+    messages = []
+    while err is not None:
+        text = str(err).split("Config search path:")[0]
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        messages += [line for line in lines if not line.startswith(("full_key:", "object_type=", "reference_type="))]
+        err = err.__cause__
+    return " ".join(dict.fromkeys(messages))
+
+
+def require_buildable(config: DictConfig) -> Setup:
+    """Build the run's parts and check its tracking store (the checks shared by run and sweep)."""
+    from sweeper.tracking import make_tracker
+    from sweeper.training import build
+
+    setup = build(config)
+    make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)
+    return setup
+
+
+def check_buildable(config: DictConfig) -> str | None:
+    try:
+        require_buildable(config)
+    except ConfigError as err:
+        return str(err)
+    return None

@@ -1,0 +1,57 @@
+"""The package's shape: modules import each other without a cycle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import sweeper
+
+PACKAGE = Path(sweeper.__file__).parent
+
+
+def _imports() -> dict[str, set[str]]:
+    """Every ``sweeper.*`` module each module imports, at the top or inside a function."""
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.glob("*.py"):
+        name = "sweeper" if path.stem == "__init__" else f"sweeper.{path.stem}"
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "sweeper":
+                found |= {f"sweeper.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sweeper."):
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names if alias.name.startswith("sweeper.")}
+        graph[name] = found - {name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt in graph and nxt not in state and (found := visit(nxt, [*path, nxt])):
+                return found
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start, [start])):
+            return found
+    return None
+
+
+def test_package_imports_have_no_cycle() -> None:
+    graph = _imports()
+    assert graph["sweeper.cli"] >= {"sweeper.study_commands", "sweeper.preflight"}  # the walk sees imports
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
+
+
+def test_package_cycle_finder_finds_a_cycle() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
