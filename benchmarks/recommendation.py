@@ -33,7 +33,8 @@ from optuna.trial import TrialState
 from sweeper.calibrate import CalibrateSettings, calibrate
 from sweeper.cli import main
 from sweeper.composition import compose
-from sweeper.recommend import CONFIG_ATTR, RecommendSettings, recommend
+from sweeper.names import CONFIG_ATTR
+from sweeper.recommend import RecommendSettings, recommend
 from sweeper.tracking import NullTracker
 from sweeper.validation import retrain
 

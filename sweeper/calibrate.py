@@ -34,6 +34,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.errors import ConfigError
+from sweeper.names import ROLE_TAG
 from sweeper.telemetry import NormHistogram, Telemetry
 from sweeper.tracking import Tracker
 from sweeper.training import RunResult, Trainer, build, train
@@ -185,7 +186,7 @@ def calibrate(config: DictConfig, settings: CalibrateSettings, tracker: Tracker)
     """Pilot, grid, successive halving; ValueError when the pilot gives no norm to anchor on."""
     started = time.perf_counter()
     pilot = pilot_config(config, settings)
-    result = train(build(pilot), tracker, run_name="calibrate", tags={"clipsweep.role": "calibrate"})
+    result = train(build(pilot), tracker, run_name="calibrate", tags={ROLE_TAG: "calibrate"})
     histogram, _ = result.summary.segments.steady(settings.transient)
     if histogram.count == 0:
         raise ValueError(

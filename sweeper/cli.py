@@ -15,6 +15,7 @@ from sweeper import study_commands
 from sweeper.composition import compose, conf_dir, split_hydra_args
 from sweeper.errors import ConfigError, SweepFailed, UsageError
 from sweeper.job import run_job
+from sweeper.names import STORAGE_ENV, TRACKING_URI_ENV
 from sweeper.preflight import MULTIRUN_FLAGS, plan_sweep_line, validate_command_line, validate_sweep_line
 
 USAGE = """usage: clipsweep <command> [hydra overrides and flags]
@@ -188,8 +189,8 @@ def _secrets_to_environment(args: Sequence[str]) -> list[str]:
     reads anyway (``CLIPSWEEP_STORAGE``, ``MLFLOW_TRACKING_URI``), so that nothing Hydra records of
     the command line (``.hydra/*.yaml``, job overrides, the sweep's parent run) holds the password;
     the storage override stays, masked, to show where the study lives."""
-    from sweeper.config import TRACKING_URI_ENV
-    from sweeper.study import STORAGE_ENV, mask_url
+
+    from sweeper.study import mask_url
 
     variables = {"hydra.sweeper.storage": STORAGE_ENV, "tracking.uri": TRACKING_URI_ENV}
     kept = []

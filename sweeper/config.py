@@ -17,6 +17,7 @@ from omegaconf import MISSING
 
 from models.rnn import Cell
 from sweeper.clipping import ClipMethod
+from sweeper.names import TRACKING_URI_ENV
 
 
 class NonFinite(str, Enum):
@@ -154,7 +155,6 @@ class TrainConf:
     threads, share the cores, so concurrent runs never oversubscribe them."""
 
 
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 

@@ -34,17 +34,32 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from sweeper import study as studies
 from sweeper.errors import ConfigError, SweepFailed
 from sweeper.export import ExportFormat, Which, choose, render, reproduce_command, source
-from sweeper.recommend import (
+from sweeper.names import (
+    BEST_TRIAL_TAG,
     CONCLUDED_ATTR,
     CONFIG_ATTR,
+    FAIL_REASON_ATTR,
     FIXED_ATTR,
+    INTERRUPTED_ATTR,
     NORMS_ATTR,
     PARENT_RUN_ATTR,
+    PARENT_RUN_ENV,
+    PRUNER_TAG,
+    RETRY_OF_ATTR,
+    ROLE_TAG,
+    RUN_ID_ATTR,
+    SAMPLER_TAG,
+    STATUS_ATTR,
+    STORAGE_TAG,
+    STUDY_ENV,
+    STUDY_TAG,
     TRACKING_URI_ATTR,
+    TRIAL_ID_ENV,
+    TRIAL_NUMBER_ENV,
+    TRIAL_STATE_TAG,
     VALIDATION_ATTR,
-    RecommendSettings,
-    recommend,
 )
+from sweeper.recommend import RecommendSettings, recommend
 from sweeper.report import log_recommendation, trials_table
 from sweeper.search_space import SearchSpace, format_value, parse_search_space
 from sweeper.tracking import Tracker, make_tracker, masked
@@ -243,11 +258,11 @@ class OptunaSweeper(Sweeper):
             params={f"search.{p.name}": p.distribution for p in plan.space.parameters}
             | {f"fixed.{i}": o for i, o in enumerate(plan.space.fixed)},
             tags={
-                "clipsweep.study": plan.study_name,
-                "clipsweep.storage": studies.mask_url(plan.storage_url),
-                "clipsweep.sampler": sampler_name,
-                "clipsweep.pruner": type(plan.pruner).__name__,
-                "clipsweep.role": "sweep",
+                STUDY_TAG: plan.study_name,
+                STORAGE_TAG: studies.mask_url(plan.storage_url),
+                SAMPLER_TAG: sampler_name,
+                PRUNER_TAG: type(plan.pruner).__name__,
+                ROLE_TAG: "sweep",
             },
         )
         status, conclusion, summary = "FINISHED", "", ""
@@ -299,15 +314,15 @@ class OptunaSweeper(Sweeper):
         with studies.Heartbeat(study._storage, plan.heartbeat_interval) as heartbeat:
             while True:
                 for stale in studies.retrying(studies.fail_stale, study):
-                    run_id = stale.user_attrs.get(studies.RUN_ID_ATTR)
+                    run_id = stale.user_attrs.get(RUN_ID_ATTR)
                     if run_id:  # its worker died mid-trial and cannot close its run itself
-                        parent.end_other_run(run_id, "KILLED", {"clipsweep.trial_state": "FAIL (stale heartbeat)"})
+                        parent.end_other_run(run_id, "KILLED", {TRIAL_STATE_TAG: "FAIL (stale heartbeat)"})
                 failures = len(studies.retrying(studies.failed_trials, study))
                 if failures > plan.max_failures:
                     return (
                         f"{_FAILED_PREFIX}{failures} failed trials exceed max_failure_rate "
                         f"({plan.max_failures} of n_trials={plan.n_trials}); see the trials' "
-                        f"'{studies.FAIL_REASON_ATTR}' user attribute"
+                        f"'{FAIL_REASON_ATTR}' user attribute"
                     )
                 if plan.timeout is not None and time.monotonic() - started > plan.timeout:
                     return f"stopped: timeout of {plan.timeout:g} s reached"
@@ -360,12 +375,12 @@ class OptunaSweeper(Sweeper):
                 plan.custom_search_space(self.config, trial)
             overrides = plan.space.overrides(trial.params)
             env = {
-                studies.TRIAL_ID_ENV: trial._trial_id,
-                studies.TRIAL_NUMBER_ENV: trial.number,
-                studies.STUDY_ENV: plan.study_name,
+                TRIAL_ID_ENV: trial._trial_id,
+                TRIAL_NUMBER_ENV: trial.number,
+                STUDY_ENV: plan.study_name,
             }
             if parent.run_id:
-                env[studies.PARENT_RUN_ENV] = parent.run_id
+                env[PARENT_RUN_ENV] = parent.run_id
             overrides += [f"++hydra.job.env_set.{k}={format_value(str(v))}" for k, v in env.items()]
             overrides += self._thread_overrides(plan)
             self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
@@ -390,13 +405,13 @@ class OptunaSweeper(Sweeper):
 
         The copy is WAITING, so it counts towards ``n_trials`` and the next worker to ask runs it.
         """
-        trial.set_user_attr(studies.INTERRUPTED_ATTR, True)
+        trial.set_user_attr(INTERRUPTED_ATTR, True)
         studies.tell(study, trial, state=TrialState.FAIL)
-        study.enqueue_trial(dict(trial.params), user_attrs={studies.RETRY_OF_ATTR: trial.number})
+        study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF_ATTR: trial.number})
 
     @staticmethod
     def _fail(study: optuna.Study, trial: Trial, reason: str) -> None:
-        trial.set_user_attr(studies.FAIL_REASON_ATTR, reason[:1000])
+        trial.set_user_attr(FAIL_REASON_ATTR, reason[:1000])
         studies.tell(study, trial, state=TrialState.FAIL)
 
     def _tell(self, plan: SweepPlan, study: optuna.Study, trial: Trial, job: JobReturn, parent: Tracker) -> None:
@@ -411,7 +426,7 @@ class OptunaSweeper(Sweeper):
         trial.set_user_attr(FIXED_ATTR, [studies.mask_url(o) for o in plan.space.fixed])  # export's reproduce line
         run_id = result.get("mlflow_run_id")
         status = result.get("status", "finished")
-        trial.set_user_attr(studies.STATUS_ATTR, status)
+        trial.set_user_attr(STATUS_ATTR, status)
         if status in ("stopped", "diverged"):
             # Divergence is the threshold's fault, not the system's: pruned, so it neither spends
             # the failure budget nor enters the study as a number.
@@ -429,7 +444,7 @@ class OptunaSweeper(Sweeper):
                 studies.tell(study, trial, values)
                 state = "COMPLETE"
         if run_id:
-            parent.tag_run(run_id, {"clipsweep.trial_state": state})
+            parent.tag_run(run_id, {TRIAL_STATE_TAG: state})
 
     def _progress(self, plan: SweepPlan, study: optuna.Study) -> str:
         trials = study.get_trials(deepcopy=False)
@@ -462,7 +477,7 @@ class OptunaSweeper(Sweeper):
             OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
             return (
                 "[clipsweep] no completed trial yet: nothing to recommend. Look at the failed trials' "
-                f"'{studies.FAIL_REASON_ATTR}' and the pruned ones' '{studies.STATUS_ATTR}' user attributes."
+                f"'{FAIL_REASON_ATTR}' and the pruned ones' '{STATUS_ATTR}' user attributes."
             )
         if len(plan.directions) == 1:
             best = study.best_trial
@@ -474,7 +489,7 @@ class OptunaSweeper(Sweeper):
             }
             parent.log_metrics([("best/value", float(best.value), best.number)])
             parent.log_params({f"best.{k}": v for k, v in best.params.items()})
-            parent.set_tags({"clipsweep.best_trial_number": str(best.number)})
+            parent.set_tags({BEST_TRIAL_TAG: str(best.number)})
             self._log_plots(study, parent)
         else:
             results["solutions"] = [

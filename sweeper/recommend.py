@@ -44,23 +44,8 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeper.clipping import ClipMethod
 from sweeper.config import RecommendConf
 from sweeper.errors import ConfigError
-from sweeper.study import STATUS_ATTR
+from sweeper.names import CONFIG_ATTR, FIXED_ATTR, NORMS_ATTR, STATUS_ATTR
 from sweeper.telemetry import NormHistogram, NormSegments
-
-NORMS_ATTR = "clipsweep.norms"
-"""Trial user attribute: the job's norm spans (``NormSegments.to_dict``)."""
-CONFIG_ATTR = "clipsweep.config"
-"""Trial user attribute: the job's resolved config (model, task, clip, optim, train)."""
-FIXED_ATTR = "clipsweep.fixed_overrides"
-"""Trial user attribute: the sweep's fixed command-line overrides (what every trial ran with)."""
-PARENT_RUN_ATTR = "clipsweep.parent_run_id"
-"""Study user attribute: the MLflow parent run of the latest sweep invocation."""
-TRACKING_URI_ATTR = "clipsweep.tracking_uri"
-"""Study user attribute: where that parent run lives."""
-CONCLUDED_ATTR = "clipsweep.concluded"
-"""Study user attribute: how many completed trials the last end-of-sweep recommendation covered."""
-VALIDATION_ATTR = "clipsweep.validation"
-"""Study user attribute: the last validation (``Validation.to_dict``), reused by ``export``."""
 
 _THRESHOLD = "clip.threshold"
 _NEIGHBOURHOOD = 2.0

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from sweeper.names import RECOMMENDED_TAG, RECOMMENDED_TRIAL_TAG
 from sweeper.plots import norm_histogram_png
 from sweeper.recommend import Recommendation
 from sweeper.tracking import Tracker
@@ -63,8 +64,8 @@ def log_recommendation(tracker: Tracker, recommendation: Recommendation, validat
     tracker.log_metrics(rows + (validation.metrics() if validation else []))
     tracker.set_tags(
         {
-            "clipsweep.recommended": " ".join(f"{k}={v}" for k, v in recommendation.params.items()),
-            "clipsweep.recommended_trial": str(recommendation.trial.number if recommendation.trial else "none"),
+            RECOMMENDED_TAG: " ".join(f"{k}={v}" for k, v in recommendation.params.items()),
+            RECOMMENDED_TRIAL_TAG: str(recommendation.trial.number if recommendation.trial else "none"),
         }
     )
     record = {"recommendation": recommendation.to_dict(), "validation": validation.to_dict() if validation else None}

@@ -24,26 +24,24 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError
 
 from sweeper.errors import ConfigError
+from sweeper.names import (
+    FAIL_REASON_ATTR,
+    PARENT_RUN_ENV,
+    RUN_ID_ATTR,
+    STORAGE_ENV,
+    STUDY_ENV,
+    STUDY_TAG,
+    SURPLUS_ATTR,
+    TRIAL_ID_ENV,
+    TRIAL_NUMBER_ENV,
+    TRIAL_NUMBER_TAG,
+)
 
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-SURPLUS_ATTR = "clipsweep.surplus"
-"""Set on a trial asked beyond ``n_trials`` by a racing worker; it is failed at once, never run."""
-FAIL_REASON_ATTR = "clipsweep.fail_reason"
-"""Set on trials the sweep failed (exception, NaN, missing metric): they spend the failure budget."""
-STATUS_ATTR = "clipsweep.status"
-INTERRUPTED_ATTR = "clipsweep.interrupted"
-"""Set on a trial whose worker was stopped by SIGINT/SIGTERM: failed, and a copy re-enqueued."""
-RETRY_OF_ATTR = "clipsweep.retry_of"
-RUN_ID_ATTR = "mlflow_run_id"
 
 _OPEN_ATTEMPTS = 4
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
-STORAGE_ENV = "CLIPSWEEP_STORAGE"
-TRIAL_ID_ENV = "CLIPSWEEP_TRIAL_ID"
-TRIAL_NUMBER_ENV = "CLIPSWEEP_TRIAL_NUMBER"
-STUDY_ENV = "CLIPSWEEP_STUDY"
-PARENT_RUN_ENV = "CLIPSWEEP_PARENT_RUN_ID"
 
 
 def mask_url(url: str) -> str:
@@ -373,7 +371,7 @@ class TrialReporter:
         return cls(study, int(trial_id), int(os.environ[TRIAL_NUMBER_ENV]), str(first), os.environ.get(PARENT_RUN_ENV))
 
     def run_tags(self) -> dict[str, str]:
-        tags = {"clipsweep.trial_number": str(self.number), "clipsweep.study": self.study.study_name}
+        tags = {TRIAL_NUMBER_TAG: str(self.number), STUDY_TAG: self.study.study_name}
         if self.parent_run_id:
             tags["mlflow.parentRunId"] = self.parent_run_id
         return tags

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeper.errors import ConfigError, UsageError
+from sweeper.names import PARENT_RUN_ATTR, ROLE_TAG, STORAGE_TAG, STUDY_TAG, TRACKING_URI_ATTR, VALIDATION_ATTR
 
 if TYPE_CHECKING:
     from sweeper.tracking import Tracker
@@ -73,7 +74,7 @@ def _open_study(options: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _recommend(options: argparse.Namespace) -> tuple[Any, Any, Any, str]:
-    from sweeper.recommend import VALIDATION_ATTR, RecommendSettings, recommend
+    from sweeper.recommend import RecommendSettings, recommend
     from sweeper.validation import Validation, validate
 
     if options.validate < 0:
@@ -111,7 +112,6 @@ def _objective(study: Any, requested: str | None) -> str:
 
 def _tracking_uri(study: Any, options: argparse.Namespace) -> str:
     from sweeper.config import default_tracking_uri
-    from sweeper.recommend import TRACKING_URI_ATTR
 
     stored = study.user_attrs.get(TRACKING_URI_ATTR)
     if stored and _MASKED in stored:  # its password is not stored: $MLFLOW_TRACKING_URI has it
@@ -120,7 +120,6 @@ def _tracking_uri(study: Any, options: argparse.Namespace) -> str:
 
 
 def _parent_run_id(study: Any) -> str | None:
-    from sweeper.recommend import PARENT_RUN_ATTR
 
     return study.user_attrs.get(PARENT_RUN_ATTR)
 
@@ -171,10 +170,10 @@ def _resolve_run_id(options: argparse.Namespace) -> None:
 
     uri = options.tracking_uri or default_tracking_uri()
     tags = make_tracker(uri, "clipsweep", True).run_tags(options.run_id)
-    if tags.get("clipsweep.role") != "sweep" or "clipsweep.study" not in tags:
+    if tags.get(ROLE_TAG) != "sweep" or STUDY_TAG not in tags:
         raise ConfigError("--run-id", options.run_id, "the id of a sweep's parent run (tag clipsweep.role=sweep)")
-    options.study = options.study or tags["clipsweep.study"]
-    stored = tags.get("clipsweep.storage", "")
+    options.study = options.study or tags[STUDY_TAG]
+    stored = tags.get(STORAGE_TAG, "")
     if options.storage is None and stored and _MASKED not in stored:
         options.storage = stored
     options.tracking_uri = uri

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from sweeper.clipping import Clipper, ClipStats, make_clipper
 from sweeper.config import NonFinite
 from sweeper.errors import ConfigError
+from sweeper.names import CLIP_METHOD_TAG, DEVICE_TAG, STATUS_TAG, STEPS_DONE_TAG
 from sweeper.plots import norm_histogram_png
 from sweeper.tasks import Task, model_kwargs
 from sweeper.tasks import metrics as task_metrics
@@ -310,8 +311,8 @@ def train(
         run_name or config.tracking.run_name,
         params=flatten(masked(resolved)),
         tags={
-            "clipsweep.clip_method": str(resolved["clip"]["method"]),
-            "clipsweep.device": str(setup.device),
+            CLIP_METHOD_TAG: str(resolved["clip"]["method"]),
+            DEVICE_TAG: str(setup.device),
             **(tags or {}),
         },
     )
@@ -357,7 +358,7 @@ def train(
         tracker.log_text(json.dumps(histogram.to_dict(), indent=1), "telemetry/grad_norm_histogram.json")
         marks = {"threshold": last_threshold}
         tracker.log_figure(lambda: norm_histogram_png(histogram, marks), "telemetry/grad_norm_histogram.png")
-        tracker.set_tags({"clipsweep.status": status, "clipsweep.steps_done": str(done)})
+        tracker.set_tags({STATUS_TAG: status, STEPS_DONE_TAG: str(done)})
     except BaseException as err:
         tracker.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise

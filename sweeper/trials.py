@@ -15,8 +15,7 @@ from typing import Any
 
 import optuna
 
-from sweeper.recommend import NORMS_ATTR
-from sweeper.study import FAIL_REASON_ATTR, INTERRUPTED_ATTR, RUN_ID_ATTR, STATUS_ATTR, SURPLUS_ATTR
+from sweeper.names import FAIL_REASON_ATTR, INTERRUPTED_ATTR, NORMS_ATTR, RUN_ID_ATTR, STATUS_ATTR, SURPLUS_ATTR
 from sweeper.telemetry import NormSegments
 
 FORMATS = ("table", "json", "csv")

@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from sweeper.names import ROLE_TAG, STUDY_TAG
 from sweeper.recommend import Recommendation
 from sweeper.tracking import make_tracker
 from sweeper.training import RunResult, build, train
@@ -148,7 +149,7 @@ def validate(
     base = int(recommendation.best.config.get("train", {}).get("seed", 0))
     seeds = [base + i for i in range(1, k + 1)]
     arms = [Arm("recommended", recommendation.config), Arm("best", recommendation.best.config)]
-    tags = {"clipsweep.role": "validate", "clipsweep.study": recommendation.study}
+    tags = {ROLE_TAG: "validate", STUDY_TAG: recommendation.study}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     for arm in arms:

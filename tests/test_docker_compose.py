@@ -13,8 +13,7 @@ import pytest
 import yaml
 
 from sweeper.cli import COMMANDS, main
-from sweeper.config import TRACKING_URI_ENV
-from sweeper.study import STORAGE_ENV
+from sweeper.names import STORAGE_ENV, TRACKING_URI_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -16,7 +16,8 @@ from conftest import TINY, load_study, mlflow_runs, run_sweep, with_pythonpath
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from sweeper.recommend import CONFIG_ATTR, NORMS_ATTR, PARENT_RUN_ATTR, recommend
+from sweeper.names import CONFIG_ATTR, NORMS_ATTR, PARENT_RUN_ATTR
+from sweeper.recommend import recommend
 
 FAULTY_MODEL = """
 import torch

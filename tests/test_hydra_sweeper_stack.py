@@ -17,8 +17,7 @@ from conftest import TINY, load_study, mlflow_runs, run_sweep
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from sweeper.recommend import CONFIG_ATTR
-from sweeper.study import INTERRUPTED_ATTR, RETRY_OF_ATTR, SURPLUS_ATTR
+from sweeper.names import CONFIG_ATTR, INTERRUPTED_ATTR, RETRY_OF_ATTR, SURPLUS_ATTR
 
 COMMON = ("search=threshold", "hydra/sweeper/pruner=none")
 

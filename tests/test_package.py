@@ -1,11 +1,14 @@
-"""The package's shape: modules import each other without a cycle."""
+"""The package's shape: modules import each other without a cycle; names other processes read are
+written once."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import sweeper
+from sweeper import names
 
 PACKAGE = Path(sweeper.__file__).parent
 
@@ -55,3 +58,18 @@ def test_package_imports_have_no_cycle() -> None:
 def test_package_cycle_finder_finds_a_cycle() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_package_names_shared_across_processes_are_spelled_only_in_names() -> None:
+    """A study attribute, environment variable or MLflow tag spelled as a literal elsewhere could drift
+    from what another process (a worker, ``export``, the UI) reads."""
+    shared = re.compile(r"^(clipsweep\.[a-z_]+|CLIPSWEEP_[A-Z_]+|MLFLOW_TRACKING_URI)$")
+    spelled = {
+        f"{path.name}:{node.lineno}: {node.value}"
+        for path in PACKAGE.glob("*.py")
+        if path.name != "names.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and shared.match(node.value)
+    }
+    assert spelled == set()
+    assert shared.match(names.ROLE_TAG) and shared.match(names.STORAGE_ENV)  # the pattern sees the real names

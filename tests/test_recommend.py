@@ -23,7 +23,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from sweeper.errors import ConfigError
-from sweeper.recommend import CONFIG_ATTR, NORMS_ATTR, RecommendSettings, recommend
+from sweeper.names import CONFIG_ATTR, NORMS_ATTR
+from sweeper.recommend import RecommendSettings, recommend
 from sweeper.telemetry import NormSegments
 
 STEPS = 1000

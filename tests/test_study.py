@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from sweeper import study as studies
 from sweeper.errors import ConfigError
+from sweeper.names import STORAGE_ENV
 
 
 def test_open_storage_postgres_shares_a_study_between_connections(postgres_url: str) -> None:
@@ -69,9 +70,9 @@ def test_mask_url_hides_passwords(url: str, masked: str) -> None:
 
 
 def test_storage_url_prefers_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(studies.STORAGE_ENV, "postgresql://127.0.0.1/from-env")
+    monkeypatch.setenv(STORAGE_ENV, "postgresql://127.0.0.1/from-env")
     assert studies.storage_url("sqlite:///config.db") == "postgresql://127.0.0.1/from-env"
-    monkeypatch.delenv(studies.STORAGE_ENV)
+    monkeypatch.delenv(STORAGE_ENV)
     assert studies.storage_url("sqlite:///config.db") == "sqlite:///config.db"
 
 

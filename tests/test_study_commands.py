@@ -14,7 +14,8 @@ from conftest import SWEPT_STUDY, TINY, load_study, mlflow_runs
 from optuna.trial import TrialState
 
 from sweeper.cli import main
-from sweeper.recommend import PARENT_RUN_ATTR, RecommendSettings, recommend
+from sweeper.names import PARENT_RUN_ATTR
+from sweeper.recommend import RecommendSettings, recommend
 
 STUDY = SWEPT_STUDY
 
