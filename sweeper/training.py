@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -215,7 +215,6 @@ class RunResult:
     val: dict[str, float]
     summary: RunSummary
     tracking: str
-    history: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def diverged(self) -> bool:
@@ -319,7 +318,7 @@ def train(
     if on_start is not None:
         on_start(tracker.run_id)
     tracker.log_text(OmegaConf.to_yaml(config), "config.yaml")
-    status, done, train_loss, val, history = "finished", 0, math.nan, {}, []
+    status, done, train_loss, val = "finished", 0, math.nan, {}
     last_threshold = math.nan
     windows: list[Window] = []
     try:
@@ -339,7 +338,6 @@ def train(
                     break
             if done % eval_every == 0 or last:
                 val = trainer.evaluate()
-                history.append({"step": done, **val})
                 tracker.log_metrics((k, v, done) for k, v in val.items())
                 if not math.isfinite(val["val/loss"]):
                     status = "diverged"
@@ -363,4 +361,4 @@ def train(
         tracker.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     tracker.end_run(RUN_STATUS[status])
-    return RunResult(status, done, train_loss, val, telemetry.summary, tracker.describe(), history)
+    return RunResult(status, done, train_loss, val, telemetry.summary, tracker.describe())

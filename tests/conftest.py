@@ -41,6 +41,13 @@ def write_text_csv(path: Path, n: int = 200, seed: int = 0) -> Path:
     return path
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need PostgreSQL or an mlflow server are ``stack`` tests, wherever they live."""
+    for item in items:
+        if {"postgres_url", "mlflow_server"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.stack)
+
+
 @pytest.fixture
 def text_csv(tmp_path: Path) -> Path:
     return write_text_csv(tmp_path / "comments.csv")

@@ -19,6 +19,8 @@ from optuna.trial import TrialState
 from sweeper.names import CONFIG_ATTR, NORMS_ATTR, PARENT_RUN_ATTR
 from sweeper.recommend import recommend
 
+pytestmark = pytest.mark.slow
+
 FAULTY_MODEL = """
 import torch
 from models import RNNModel

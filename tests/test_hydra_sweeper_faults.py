@@ -19,6 +19,8 @@ from optuna.trial import TrialState
 from sweeper import study as studies
 from sweeper.cli import main
 
+pytestmark = pytest.mark.slow
+
 
 class Injected(RuntimeError):
     """The injected failure; each one records when it was raised."""

@@ -19,6 +19,8 @@ from optuna.trial import TrialState
 
 from sweeper.names import CONFIG_ATTR, INTERRUPTED_ATTR, RETRY_OF_ATTR, SURPLUS_ATTR
 
+pytestmark = [pytest.mark.slow, pytest.mark.stack]
+
 COMMON = ("search=threshold", "hydra/sweeper/pruner=none")
 
 

@@ -115,6 +115,7 @@ def test_telemetry_drains_what_was_recorded_and_per_layer_norms() -> None:
     assert telemetry.drain() is None
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by the device benchmark)")
 def test_telemetry_step_has_no_host_sync_on_cuda() -> None:
     model = torch.nn.LSTM(2, 8).cuda()
