@@ -36,12 +36,13 @@ class RNNModel(nn.Module):
         self,
         input_size: int,
         output_size: int,
+        *,
+        cell: Cell | str,
+        hidden_size: int,
+        num_layers: int,
+        dropout: float,
         sequence_output: bool = False,
         vocab_size: int | None = None,
-        cell: Cell | str = Cell.lstm,
-        hidden_size: int = 64,
-        num_layers: int = 1,
-        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         cell = Cell(cell.value if isinstance(cell, Enum) else cell)

@@ -8,7 +8,10 @@ history (or a warm-up without clipping) exactly when a run explodes: in its firs
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from enum import Enum
@@ -138,6 +141,9 @@ class NoClip(Clipper):
     """Measures only: the baseline every sweep should contain."""
 
     method = ClipMethod.none
+
+    def __init__(self) -> None:  # no setting: measured with the L2 norm, like the default norm clip
+        super().__init__()
 
     def _clip(self, parameters, grads, norm, finite):
         return self._constant(norm, math.inf), None, None
@@ -316,6 +322,19 @@ class AGC(Clipper):
 _CLIPPERS: dict[ClipMethod, type[Clipper]] = {
     cls.method: cls for cls in (NoClip, NormClip, ValueClip, PercentileClip, ZClip, AGC)
 }
+
+
+def clip_schema(method: ClipMethod) -> type:
+    """The typed schema of ``clip=<method>``, made from the method's constructor: its keys are spelled
+    like the parameters they feed and its defaults are the constructor's, written once, there. A new
+    method is one ``Clipper`` subclass (listed in ``_CLIPPERS``) and one ``conf/clip/<name>.yaml``."""
+    cls = _CLIPPERS[method]
+    hints = typing.get_type_hints(cls.__init__)
+    fields: list[tuple[str, Any, Any]] = [("method", ClipMethod, dataclasses.field(default=method))]
+    for name, parameter in inspect.signature(cls.__init__).parameters.items():
+        if name != "self":
+            fields.append((name, hints[name], dataclasses.field(default=parameter.default)))
+    return dataclasses.make_dataclass(f"{cls.__name__}Conf", fields)
 
 
 def make_clipper(config: Mapping[str, Any]) -> Clipper:

@@ -8,15 +8,16 @@ lives here, once; the YAML files only choose between schemas and set what differ
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from models.rnn import Cell
-from sweeper.clipping import ClipMethod
+from sweeper.clipping import ClipMethod, clip_schema
 from sweeper.names import TRACKING_URI_ENV
 
 
@@ -73,50 +74,6 @@ class TextCSVConf:
     vocab_size: int = 5000
     val_fraction: float = 0.2
     split_seed: int = 0
-
-
-@dataclass
-class NoClipConf:
-    method: ClipMethod = ClipMethod.none
-
-
-@dataclass
-class NormClipConf:
-    method: ClipMethod = ClipMethod.norm
-    threshold: float = 1.0
-    norm_type: float = 2.0
-
-
-@dataclass
-class ValueClipConf:
-    method: ClipMethod = ClipMethod.value
-    threshold: float = 0.5
-
-
-@dataclass
-class PercentileClipConf:
-    method: ClipMethod = ClipMethod.percentile
-    percentile: float = 10.0
-    history: int = 1000
-    cap: float = 5.0
-
-
-@dataclass
-class ZClipConf:
-    method: ClipMethod = ClipMethod.zclip
-    alpha: float = 0.97
-    z_threshold: float = 2.5
-    warmup_steps: int = 25
-    eps: float = 1e-6
-    cap: float = 5.0
-
-
-@dataclass
-class AGCConf:
-    method: ClipMethod = ClipMethod.agc
-    clip_factor: float = 0.01
-    eps: float = 1e-3
-    cap: float = 5.0
 
 
 @dataclass
@@ -377,16 +334,23 @@ SCHEMAS: dict[str | None, dict[str, type]] = {
         "digits": DigitsConf,
         "text_csv": TextCSVConf,
     },
-    "clip": {
-        "none": NoClipConf,
-        "norm": NormClipConf,
-        "value": ValueClipConf,
-        "percentile": PercentileClipConf,
-        "zclip": ZClipConf,
-        "agc": AGCConf,
-    },
+    "clip": {method.value: clip_schema(method) for method in ClipMethod},  # each method's own constructor
     "optim": {"sgd": SGDConf, "adam": AdamConf},
 }
+
+
+def sweeper_settings(settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``hydra.sweeper`` settings laid over ``SweeperConf``'s defaults (a missing sampler or pruner is
+    the choice of its defaults list), so that code reading them never restates a default."""
+    schema = OmegaConf.to_container(OmegaConf.structured(SweeperConf), resolve=False)
+    given = dict(settings or {})
+    merged = {**schema, **given, "recommend": {**schema["recommend"], **dict(given.get("recommend") or {})}}
+    for choice in schema["defaults"]:
+        for group, name in choice.items():
+            if merged[group] in (None, MISSING):
+                node = OmegaConf.structured(SWEEPER_SCHEMAS[f"hydra/sweeper/{group}"][name])
+                merged[group] = OmegaConf.to_container(node, resolve=False)
+    return merged
 
 
 def register_schemas() -> None:

@@ -32,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from sweeper import study as studies
+from sweeper.config import sweeper_settings
 from sweeper.errors import ConfigError, SweepFailed
 from sweeper.export import ExportFormat, Which, choose, render, reproduce_command, source
 from sweeper.names import (
@@ -141,38 +142,43 @@ def _require_lazy_imports(key: str, component: object) -> None:
 
 
 def plan_sweep(settings: Mapping[str, Any], arguments: Sequence[str]) -> SweepPlan:
-    """Validate ``hydra.sweeper`` and the sweep overrides; raise ConfigError naming the bad key."""
-    space = parse_search_space(settings.get("params"), arguments, settings.get("conditional"))
-    directions = [str(d).lower() for d in _as_list(settings.get("direction", "minimize"))]
+    """Validate ``hydra.sweeper`` and the sweep overrides; raise ConfigError naming the bad key.
+
+    ``settings`` are laid over the schema's defaults (``SweeperConf``), so a caller that gives only
+    some keys gets the same plan as a composed config: no default is restated here.
+    """
+    settings = sweeper_settings(settings)
+    space = parse_search_space(settings["params"], arguments, settings["conditional"])
+    directions = [str(d).lower() for d in _as_list(settings["direction"])]
     bad = [d for d in directions if d not in _DIRECTIONS]
     if not directions or bad:
-        raise ConfigError("hydra.sweeper.direction", settings.get("direction"), f"{_DIRECTIONS} or a list of them")
-    objectives = [str(o) for o in _as_list(settings.get("objective", "val/loss"))]
+        raise ConfigError("hydra.sweeper.direction", settings["direction"], f"{_DIRECTIONS} or a list of them")
+    objectives = [str(o) for o in _as_list(settings["objective"])]
     if len(objectives) != len(directions):
         raise ConfigError("hydra.sweeper.objective", objectives, f"one metric name per direction ({len(directions)})")
-    n_trials, n_jobs = int(settings.get("n_trials", 20)), int(settings.get("n_jobs", 1))
+    n_trials, n_jobs = int(settings["n_trials"]), int(settings["n_jobs"])
     if n_trials < 1:
         raise ConfigError("hydra.sweeper.n_trials", n_trials, "an integer >= 1")
     if n_jobs < 1:
         raise ConfigError("hydra.sweeper.n_jobs", n_jobs, "an integer >= 1")
-    rate = float(settings.get("max_failure_rate", 0.25))
+    rate = float(settings["max_failure_rate"])
     if not 0.0 <= rate <= 1.0:
         raise ConfigError("hydra.sweeper.max_failure_rate", rate, "a fraction in [0, 1]")
-    timeout = settings.get("timeout")
+    timeout = settings["timeout"]
     if timeout is not None and float(timeout) <= 0:
         raise ConfigError("hydra.sweeper.timeout", timeout, "seconds > 0, or null")
 
-    seed = settings.get("seed")
-    sampler_node = OmegaConf.create(settings.get("sampler") or {"_target_": "optuna.samplers.TPESampler"})
+    seed = settings["seed"]
+    sampler_node = OmegaConf.create(settings["sampler"])
     if seed is not None and sampler_node.get("seed") is None:
         sampler_node.seed = int(seed)
     extra = {"search_space": space.grid()} if str(sampler_node.get("_target_", "")).endswith("GridSampler") else {}
     sampler = _instantiate("hydra.sweeper.sampler", sampler_node, **extra)
     _require_lazy_imports("hydra.sweeper.sampler", sampler)
-    pruner_node = OmegaConf.create(settings.get("pruner") or {"_target_": "optuna.pruners.NopPruner"})
+    pruner_node = OmegaConf.create(settings["pruner"])
     pruner = _instantiate("hydra.sweeper.pruner", pruner_node)
 
-    custom = settings.get("custom_search_space")
+    custom = settings["custom_search_space"]
     custom_fn = None
     if custom:
         try:
@@ -181,20 +187,20 @@ def plan_sweep(settings: Mapping[str, Any], arguments: Sequence[str]) -> SweepPl
             raise ConfigError("hydra.sweeper.custom_search_space", custom, "a dotted path to fn(cfg, trial)") from None
 
     enqueue = []
-    for i, entry in enumerate(_as_list(settings.get("enqueue"))):
+    for i, entry in enumerate(_as_list(settings["enqueue"])):
         if not isinstance(entry, Mapping) or not entry:
             raise ConfigError(f"hydra.sweeper.enqueue[{i}]", entry, "a mapping of parameter names to values")
         enqueue.append({str(k): v for k, v in entry.items()})
 
     try:
-        recommend = RecommendSettings.from_mapping(settings.get("recommend"))
+        recommend = RecommendSettings.from_mapping(settings["recommend"])
     except ConfigError as err:
         raise err.under("hydra.sweeper") from None
-    validate = int((settings.get("recommend") or {}).get("validate", 0))
+    validate = int(settings["recommend"]["validate"])
     if validate < 0:
         raise ConfigError("hydra.sweeper.recommend.validate", validate, "a number of seeds >= 0")
-    storage_url = studies.storage_url(settings.get("storage"))
-    study_name = settings.get("study_name") or f"clipsweep-{datetime.now():%Y%m%d-%H%M%S}"
+    storage_url = studies.storage_url(settings["storage"])
+    study_name = settings["study_name"] or f"clipsweep-{datetime.now():%Y%m%d-%H%M%S}"
     return SweepPlan(
         space=space,
         directions=directions,
@@ -209,9 +215,9 @@ def plan_sweep(settings: Mapping[str, Any], arguments: Sequence[str]) -> SweepPl
         enqueue=enqueue,
         custom_search_space=custom_fn,
         timeout=None if timeout is None else float(timeout),
-        heartbeat_interval=int(settings.get("heartbeat_interval", 10)),
-        grace_period=int(settings.get("grace_period", 60)),
-        max_retry=int(settings.get("max_retry", 3)),
+        heartbeat_interval=int(settings["heartbeat_interval"]),
+        grace_period=int(settings["grace_period"]),
+        max_retry=int(settings["max_retry"]),
         recommend=recommend,
         validate=validate,
     )

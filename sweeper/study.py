@@ -23,6 +23,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError
 
+from sweeper.config import sweeper_settings
 from sweeper.errors import ConfigError
 from sweeper.names import (
     FAIL_REASON_ATTR,
@@ -74,13 +75,16 @@ JOURNAL_PREFIX = "journal:"
 TRANSIENT = (OperationalError, DisconnectionError, StorageInternalError)
 
 
-def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 60, max_retry: int = 3) -> BaseStorage:
+def open_storage(
+    url: str, heartbeat_interval: int | None = None, grace_period: int | None = None, max_retry: int | None = None
+) -> BaseStorage:
     """The study storage for ``url``; raises ConfigError (password masked) when it cannot be opened.
 
-    Any SQLAlchemy URL gives an RDB storage with heartbeats, whose stale trials are failed and
-    re-enqueued (``max_retry``); ``journal:<file>`` gives Optuna's journal storage (a log file with
-    file locks: safe for local processes, but without heartbeats, so a killed worker's trial stays
-    RUNNING until the study is cleaned up by hand).
+    Any SQLAlchemy URL gives an RDB storage; a sweep's (``heartbeat_interval`` given: the sweep's
+    settings) has heartbeats, whose stale trials are failed and re-enqueued up to ``max_retry``
+    times, while a reader's (``recommend``, ``export``, ...) has none. ``journal:<file>`` gives
+    Optuna's journal storage (a log file with file locks: safe for local processes, but without
+    heartbeats, so a killed worker's trial stays RUNNING until the study is cleaned up by hand).
     """
     if url.startswith(JOURNAL_PREFIX):
         return _journal_storage(url)
@@ -97,6 +101,8 @@ def open_storage(url: str, heartbeat_interval: int = 10, grace_period: int = 60,
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ExperimentalWarning)
                 # Optuna 4.9 renamed the stale-trial retry hook; older releases only have the old name.
+                if heartbeat_interval is None:
+                    return RDBStorage(url, engine_kwargs=engine_kwargs)
                 if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
                     retry = {
                         "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry)
@@ -357,16 +363,17 @@ class TrialReporter:
         trial_id = os.environ.get(TRIAL_ID_ENV)
         if trial_id is None or sweeper_config is None:
             return None
+        settings = sweeper_settings(sweeper_config)
         storage = open_storage(
-            storage_url(sweeper_config.get("storage")),
-            int(sweeper_config.get("heartbeat_interval", 10)),
-            int(sweeper_config.get("grace_period", 60)),
+            storage_url(settings["storage"]),
+            int(settings["heartbeat_interval"]),
+            int(settings["grace_period"]),
+            int(settings["max_retry"]),
         )
         # The pruner decides in this process, so it is built from the same sweeper config.
-        pruner_config = sweeper_config.get("pruner") or {"_target_": "optuna.pruners.NopPruner"}
-        pruner = instantiate(pruner_config)
+        pruner = instantiate(settings["pruner"])
         study = optuna.load_study(study_name=os.environ[STUDY_ENV], storage=storage, pruner=pruner)
-        objective = sweeper_config.get("objective", "val/loss")
+        objective = settings["objective"]
         first = objective[0] if isinstance(objective, Sequence) and not isinstance(objective, str) else objective
         return cls(study, int(trial_id), int(os.environ[TRIAL_NUMBER_ENV]), str(first), os.environ.get(PARENT_RUN_ENV))
 

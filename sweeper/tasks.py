@@ -97,7 +97,7 @@ class AddingTask(Task):
     input_size = 2
     output_size = 1
 
-    def __init__(self, seq_len: int = 100, val_size: int = 1000, val_seed: int = 0) -> None:
+    def __init__(self, seq_len: int, val_size: int, val_seed: int) -> None:
         self.seq_len = _check_int("seq_len", seq_len, 2)
         self.val_size = _check_int("val_size", val_size, 1)
         self._val = self._make(self.val_size, torch.Generator().manual_seed(val_seed))
@@ -134,9 +134,7 @@ class CopyMemoryTask(_Classification):
 
     sequence_output = True
 
-    def __init__(
-        self, delay: int = 50, n_symbols: int = 8, copy_len: int = 10, val_size: int = 500, val_seed: int = 0
-    ) -> None:
+    def __init__(self, delay: int, n_symbols: int, copy_len: int, val_size: int, val_seed: int) -> None:
         self.delay = _check_int("delay", delay, 1)
         self.n_symbols = _check_int("n_symbols", n_symbols, 2)
         self.copy_len = _check_int("copy_len", copy_len, 1)
@@ -200,7 +198,7 @@ class DigitsTask(_IndexedDataset, _Classification):
     input_size = 1
     output_size = 10
 
-    def __init__(self, val_fraction: float = 0.2, split_seed: int = 0) -> None:
+    def __init__(self, val_fraction: float, split_seed: int) -> None:
         from sklearn.datasets import load_digits
 
         digits = load_digits()
@@ -223,12 +221,12 @@ class TextCSVTask(_IndexedDataset, _Classification):
     def __init__(
         self,
         path: str,
-        text_column: str = "text",
-        label_column: str = "label",
-        max_len: int = 64,
-        vocab_size: int = 5000,
-        val_fraction: float = 0.2,
-        split_seed: int = 0,
+        text_column: str,
+        label_column: str,
+        max_len: int,
+        vocab_size: int,
+        val_fraction: float,
+        split_seed: int,
     ) -> None:
         self.max_len = _check_int("max_len", max_len, 1)
         vocab_size = _check_int("vocab_size", vocab_size, 3)

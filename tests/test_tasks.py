@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from sweeper.config import AddingConf, CopyMemoryConf, DigitsConf, TextCSVConf
 from sweeper.errors import ConfigError
 from sweeper.tasks import AddingTask, CopyMemoryTask, DigitsTask, TextCSVTask
 from sweeper.tracking import NullTracker
 from sweeper.training import build, train
 
 
+def _task(cls: type, schema: type, **given: Any) -> Any:
+    """``cls`` built from its schema's defaults (the constructor has none of its own) with ``given`` over them."""
+    defaults = {f.name: f.default for f in dataclasses.fields(schema) if f.name != "_target_"}
+    assert schema._target_.endswith(cls.__name__)
+    return cls(**{**defaults, **given})
+
+
 def test_adding_task_target_is_sum_of_marked_values() -> None:
-    task = AddingTask(seq_len=20, val_size=50)
+    task = _task(AddingTask, AddingConf, seq_len=20, val_size=50)
     x, y = task.sample(64, torch.Generator().manual_seed(1))
     assert x.shape == (64, 20, 2) and y.shape == (64, 1)
     markers = x[..., 1]
@@ -28,12 +38,12 @@ def test_adding_task_target_is_sum_of_marked_values() -> None:
 
 
 def test_adding_task_validation_set_is_independent_of_training_seed() -> None:
-    a, b = AddingTask(seq_len=10, val_size=5), AddingTask(seq_len=10, val_size=5)
+    a, b = (_task(AddingTask, AddingConf, seq_len=10, val_size=5) for _ in range(2))
     assert torch.equal(a.validation()[0], b.validation()[0])
 
 
 def test_copy_memory_task_layout_and_memoryless_baseline() -> None:
-    task = CopyMemoryTask(delay=30, n_symbols=8, copy_len=10, val_size=400)
+    task = _task(CopyMemoryTask, CopyMemoryConf, delay=30, n_symbols=8, copy_len=10, val_size=400)
     x, y = task.sample(8, torch.Generator().manual_seed(0))
     assert x.shape == (8, 50, 10) and y.shape == (8, 50)
     tokens = x.argmax(-1)
@@ -49,7 +59,7 @@ def test_copy_memory_task_layout_and_memoryless_baseline() -> None:
 
 
 def test_digits_task_reads_real_images_as_sequences() -> None:
-    task = DigitsTask(val_fraction=0.2)
+    task = _task(DigitsTask, DigitsConf, val_fraction=0.2)
     x_val, y_val = task.validation()
     assert x_val.shape[1:] == (64, 1) and len(y_val) == round(1797 * 0.2)
     assert 0.0 <= float(x_val.min()) and float(x_val.max()) <= 1.0
@@ -58,7 +68,15 @@ def test_digits_task_reads_real_images_as_sequences() -> None:
 
 
 def test_text_csv_task_tokenises_left_pads_and_splits(text_csv: Path) -> None:
-    task = TextCSVTask(str(text_csv), text_column="comment_text", label_column="toxic", max_len=16, val_fraction=0.25)
+    task = _task(
+        TextCSVTask,
+        TextCSVConf,
+        path=str(text_csv),
+        text_column="comment_text",
+        label_column="toxic",
+        max_len=16,
+        val_fraction=0.25,
+    )
     assert task.output_size == 2 and task.classes == ["0", "1"]
     x_val, y_val = task.validation()
     assert x_val.shape == (50, 16) and len(y_val) == 50
@@ -79,7 +97,7 @@ def test_text_csv_task_tokenises_left_pads_and_splits(text_csv: Path) -> None:
 def test_text_csv_task_rejects_bad_input(text_csv: Path, kwargs: dict, key: str) -> None:
     arguments = {"path": str(text_csv), "text_column": "comment_text", "label_column": "toxic", **kwargs}
     with pytest.raises(ConfigError) as info:
-        TextCSVTask(**arguments)
+        _task(TextCSVTask, TextCSVConf, **arguments)
     assert info.value.key == key
 
 

@@ -96,7 +96,7 @@ class _PoisonedAdding(AddingTask):
 
 def test_train_skips_nonfinite_steps_counts_them_and_goes_on(config) -> None:
     setup = build(config(*SMALL, "train.steps=20", "train.eval_every=10", "tracking.log_every=5"))
-    setup.task = _PoisonedAdding({3, 11}, seq_len=12, val_size=64)
+    setup.task = _PoisonedAdding({3, 11}, seq_len=12, val_size=64, val_seed=0)
     result = train(setup, NullTracker())
     assert result.status == "finished" and result.steps == 20
     assert result.summary.histogram.nonfinite == 2
@@ -107,7 +107,7 @@ def test_train_skips_nonfinite_steps_counts_them_and_goes_on(config) -> None:
 
 def test_train_fail_policy_stops_as_diverged_at_next_read(config) -> None:
     setup = build(config(*SMALL, "train.steps=20", "train.nonfinite=fail", "tracking.log_every=5"))
-    setup.task = _PoisonedAdding({6}, seq_len=12, val_size=64)
+    setup.task = _PoisonedAdding({6}, seq_len=12, val_size=64, val_seed=0)
     result = train(setup, NullTracker())
     assert result.diverged and result.steps == 10
 
