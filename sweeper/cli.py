@@ -95,7 +95,7 @@ def run_command(args: Sequence[str], validated: bool = False) -> int:
 
 def init_command(args: Sequence[str]) -> int:
     """Create the study (and the storage's tables) once, before N workers start and race to do it."""
-    from sweeper.hydra_sweeper import open_planned_study
+    from sweeper.plan import open_planned_study
     from sweeper.study import counted_trials, mask_url
 
     if any(a in ("-h", "--help") for a in args):

@@ -16,7 +16,6 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,20 +23,15 @@ from typing import Any
 import optuna
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.errors import InstantiationException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from sweeper import study as studies
-from sweeper.config import sweeper_settings
-from sweeper.errors import ConfigError, SweepFailed
-from sweeper.export import ExportFormat, Which, choose, render, reproduce_command, source
+from sweeper.conclusion import conclude, write_results
+from sweeper.errors import SweepFailed
 from sweeper.names import (
-    BEST_TRIAL_TAG,
-    CONCLUDED_ATTR,
     CONFIG_ATTR,
     FAIL_REASON_ATTR,
     FIXED_ATTR,
@@ -58,24 +52,13 @@ from sweeper.names import (
     TRIAL_ID_ENV,
     TRIAL_NUMBER_ENV,
     TRIAL_STATE_TAG,
-    VALIDATION_ATTR,
 )
-from sweeper.recommend import RecommendSettings, recommend
-from sweeper.report import log_recommendation, trials_table
-from sweeper.search_space import SearchSpace, format_value, parse_search_space
+from sweeper.plan import SweepPlan, open_planned_study, plan_sweep
+from sweeper.search_space import format_value
 from sweeper.tracking import Tracker, make_tracker, masked
 
-_DIRECTIONS = ("minimize", "maximize")
 _POLL_SECONDS = 2.0
 _FAILED_PREFIX = "sweep failed: "
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        return [value]
-    return list(value)
 
 
 def _sigterm_as_interrupt() -> Callable[[], None]:
@@ -88,144 +71,6 @@ def _sigterm_as_interrupt() -> Callable[[], None]:
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     return lambda: signal.signal(signal.SIGTERM, previous)
-
-
-@dataclass
-class SweepPlan:
-    """A validated sweep: everything decided before the study or MLflow is touched."""
-
-    space: SearchSpace
-    directions: list[str]
-    objectives: list[str]
-    sampler: optuna.samplers.BaseSampler
-    pruner: optuna.pruners.BasePruner
-    storage_url: str
-    study_name: str
-    n_trials: int
-    n_jobs: int
-    max_failures: int
-    enqueue: list[dict[str, Any]]
-    custom_search_space: Any
-    timeout: float | None
-    heartbeat_interval: int
-    grace_period: int
-    max_retry: int
-    recommend: RecommendSettings
-    validate: int
-
-
-def _instantiate(key: str, node: Any, **kwargs: Any) -> Any:
-    target = node.get("_target_") if isinstance(node, Mapping) else node
-    try:
-        return instantiate(node, **kwargs)
-    except (InstantiationException, ImportError, TypeError, ValueError) as err:
-        cause = err.__cause__ or err
-        first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        raise ConfigError(key, target, f"a {key.rsplit('.', 1)[-1]} Optuna can build ({first})") from None
-
-
-def _require_lazy_imports(key: str, component: object) -> None:
-    """Optuna imports some samplers' packages (``cmaes``) only when they first sample: check them now,
-    or every trial after the start-up ones would fail on the import."""
-    import importlib.util
-    import sys
-
-    from optuna._imports import _LazyImport
-
-    module = sys.modules.get(type(component).__module__)
-    names = [v.__name__ for v in vars(module).values() if isinstance(v, _LazyImport)] if module else []
-    missing = [n for n in names if importlib.util.find_spec(n.split(".")[0]) is None]
-    if missing:
-        raise ConfigError(
-            key, type(component).__name__, f"a sampler whose packages are installed (pip install {missing[0]})"
-        )
-
-
-def plan_sweep(settings: Mapping[str, Any], arguments: Sequence[str]) -> SweepPlan:
-    """Validate ``hydra.sweeper`` and the sweep overrides; raise ConfigError naming the bad key.
-
-    ``settings`` are laid over the schema's defaults (``SweeperConf``), so a caller that gives only
-    some keys gets the same plan as a composed config: no default is restated here.
-    """
-    settings = sweeper_settings(settings)
-    space = parse_search_space(settings["params"], arguments, settings["conditional"])
-    directions = [str(d).lower() for d in _as_list(settings["direction"])]
-    bad = [d for d in directions if d not in _DIRECTIONS]
-    if not directions or bad:
-        raise ConfigError("hydra.sweeper.direction", settings["direction"], f"{_DIRECTIONS} or a list of them")
-    objectives = [str(o) for o in _as_list(settings["objective"])]
-    if len(objectives) != len(directions):
-        raise ConfigError("hydra.sweeper.objective", objectives, f"one metric name per direction ({len(directions)})")
-    n_trials, n_jobs = int(settings["n_trials"]), int(settings["n_jobs"])
-    if n_trials < 1:
-        raise ConfigError("hydra.sweeper.n_trials", n_trials, "an integer >= 1")
-    if n_jobs < 1:
-        raise ConfigError("hydra.sweeper.n_jobs", n_jobs, "an integer >= 1")
-    rate = float(settings["max_failure_rate"])
-    if not 0.0 <= rate <= 1.0:
-        raise ConfigError("hydra.sweeper.max_failure_rate", rate, "a fraction in [0, 1]")
-    timeout = settings["timeout"]
-    if timeout is not None and float(timeout) <= 0:
-        raise ConfigError("hydra.sweeper.timeout", timeout, "seconds > 0, or null")
-
-    seed = settings["seed"]
-    sampler_node = OmegaConf.create(settings["sampler"])
-    if seed is not None and sampler_node.get("seed") is None:
-        sampler_node.seed = int(seed)
-    extra = {"search_space": space.grid()} if str(sampler_node.get("_target_", "")).endswith("GridSampler") else {}
-    sampler = _instantiate("hydra.sweeper.sampler", sampler_node, **extra)
-    _require_lazy_imports("hydra.sweeper.sampler", sampler)
-    pruner_node = OmegaConf.create(settings["pruner"])
-    pruner = _instantiate("hydra.sweeper.pruner", pruner_node)
-
-    custom = settings["custom_search_space"]
-    custom_fn = None
-    if custom:
-        try:
-            custom_fn = get_method(custom)
-        except Exception:
-            raise ConfigError("hydra.sweeper.custom_search_space", custom, "a dotted path to fn(cfg, trial)") from None
-
-    enqueue = []
-    for i, entry in enumerate(_as_list(settings["enqueue"])):
-        if not isinstance(entry, Mapping) or not entry:
-            raise ConfigError(f"hydra.sweeper.enqueue[{i}]", entry, "a mapping of parameter names to values")
-        enqueue.append({str(k): v for k, v in entry.items()})
-
-    try:
-        recommend = RecommendSettings.from_mapping(settings["recommend"])
-    except ConfigError as err:
-        raise err.under("hydra.sweeper") from None
-    validate = int(settings["recommend"]["validate"])
-    if validate < 0:
-        raise ConfigError("hydra.sweeper.recommend.validate", validate, "a number of seeds >= 0")
-    storage_url = studies.storage_url(settings["storage"])
-    study_name = settings["study_name"] or f"clipsweep-{datetime.now():%Y%m%d-%H%M%S}"
-    return SweepPlan(
-        space=space,
-        directions=directions,
-        objectives=objectives,
-        sampler=sampler,
-        pruner=pruner,
-        storage_url=storage_url,
-        study_name=str(study_name),
-        n_trials=n_trials,
-        n_jobs=n_jobs,
-        max_failures=math.floor(rate * n_trials),
-        enqueue=enqueue,
-        custom_search_space=custom_fn,
-        timeout=None if timeout is None else float(timeout),
-        heartbeat_interval=int(settings["heartbeat_interval"]),
-        grace_period=int(settings["grace_period"]),
-        max_retry=int(settings["max_retry"]),
-        recommend=recommend,
-        validate=validate,
-    )
-
-
-def open_planned_study(plan: SweepPlan) -> optuna.Study:
-    storage = studies.open_storage(plan.storage_url, plan.heartbeat_interval, plan.grace_period, plan.max_retry)
-    return studies.open_study(storage, plan.study_name, plan.directions, plan.sampler, plan.pruner, plan.objectives)
 
 
 class OptunaSweeper(Sweeper):
@@ -287,7 +132,7 @@ class OptunaSweeper(Sweeper):
             if message and message.startswith(_FAILED_PREFIX):
                 status = "FAILED"  # the parent run says what the exit code says
             try:
-                conclusion = self._conclude(plan, study, parent, sweep_dir)
+                conclusion = conclude(plan, study, parent, sweep_dir, self._tracking())
             except Exception as err:  # the trials are done and stored: report, do not fail the sweep
                 conclusion = f"[clipsweep] no recommendation: {type(err).__name__}: {err}"
         except BaseException as err:
@@ -296,7 +141,7 @@ class OptunaSweeper(Sweeper):
         finally:
             restore()
             try:
-                summary = self._finish(plan, study, parent, sweep_dir)
+                summary = write_results(plan, study, parent, sweep_dir, self._best_config)
             finally:
                 parent.end_run(status)
         if message:
@@ -471,108 +316,5 @@ class OptunaSweeper(Sweeper):
             del config["hydra"]
         return masked(OmegaConf.to_container(config, resolve=True, enum_to_str=True))
 
-    def _finish(self, plan: SweepPlan, study: optuna.Study, parent: Tracker, sweep_dir: Path) -> str:
-        completed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-        results: dict[str, Any] = {
-            "name": "optuna",
-            "study_name": plan.study_name,
-            "storage": studies.mask_url(plan.storage_url),
-            "n_trials": plan.n_trials,
-        }
-        if not completed:
-            OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
-            return (
-                "[clipsweep] no completed trial yet: nothing to recommend. Look at the failed trials' "
-                f"'{FAIL_REASON_ATTR}' and the pruned ones' '{STATUS_ATTR}' user attributes."
-            )
-        if len(plan.directions) == 1:
-            best = study.best_trial
-            results |= {
-                "best_params": dict(best.params),
-                "best_value": best.value,
-                "best_trial_number": best.number,
-                "best_config": self._best_config(plan.space.overrides(best.params)),
-            }
-            parent.log_metrics([("best/value", float(best.value), best.number)])
-            parent.log_params({f"best.{k}": v for k, v in best.params.items()})
-            parent.set_tags({BEST_TRIAL_TAG: str(best.number)})
-            self._log_plots(study, parent)
-        else:
-            results["solutions"] = [
-                {"number": t.number, "params": dict(t.params), "values": list(t.values)} for t in study.best_trials
-            ]
-        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
-        return (
-            "[clipsweep] "
-            + trials_table(study, plan.objectives)
-            + f"\n[clipsweep] results: {sweep_dir / 'optimization_results.yaml'}"
-        )
-
-    @staticmethod
-    def _log_plots(study: optuna.Study, parent: Tracker) -> None:
-        import warnings
-
-        from optuna.visualization import matplotlib as plots
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for name, draw in (
-                ("optimization_history", plots.plot_optimization_history),
-                ("param_importances", plots.plot_param_importances),
-                ("slice", plots.plot_slice),
-            ):
-                try:
-                    axes = draw(study)
-                except Exception:  # e.g. importances need two parameters and several trials
-                    continue
-                first = axes.flat[0] if hasattr(axes, "flat") else axes
-                parent.log_figure(first.figure, f"plots/{name}.png")
-
-    def _conclude(self, plan: SweepPlan, study: optuna.Study, parent: Tracker, sweep_dir: Path) -> str:
-        """Recommend (validate if asked), export ``<sweep dir>/clip/best.yaml``, log to the parent run.
-
-        The recommendation is over every worker's trials in the study, not only this invocation's,
-        and made once: workers end together (each waits for the others' running trials), and the
-        first to get here marks the study, so the others skip it (a check-then-set: two workers
-        finishing within the same few milliseconds could both compute the same result).
-        """
-        if len(plan.directions) != 1:
-            return ""
-        completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-        done = study.user_attrs.get(CONCLUDED_ATTR, {})
-        if done.get("completed", -1) >= completed:  # another worker of this study got here first
-            return (
-                f"[clipsweep] recommendation over these {completed} trials already made (parent run {done.get('run')})"
-            )
-        study.set_user_attr(CONCLUDED_ATTR, {"completed": completed, "run": parent.run_id})
-        try:
-            recommendation = recommend(study, plan.recommend, plan.objectives[0])
-        except ValueError as err:
-            return f"[clipsweep] no recommendation: {err}"
-        validation = None
-        lines = [recommendation.describe()]
-        if plan.validate:
-            from sweeper.validation import validate
-
-            tracking = {k: self.config.tracking[k] for k in ("uri", "experiment", "enabled")}
-            validation = validate(recommendation, plan.validate, tracking, parent.run_id)
-            lines.append(validation.describe())
-        if validation is not None:
-            study.set_user_attr(VALIDATION_ATTR, validation.to_dict())
-        choice = choose(recommendation, validation, Which.auto)
-        text = render(
-            choice.clip,
-            source(recommendation, choice, studies.mask_url(plan.storage_url)),
-            ExportFormat.yaml,
-            choice.params,
-        )
-        out = sweep_dir / "clip" / "best.yaml"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
-        log_recommendation(parent, recommendation, validation)
-        parent.log_text(text, "export/best.yaml")
-        lines.append(
-            f"exported the {choice.which.value} config ({choice.reason}) to {out}\n"
-            f"  train with it: {reproduce_command(choice, sweep_dir)}"
-        )
-        return "\n".join(f"[clipsweep] {line}" for line in "\n".join(lines).splitlines())
+    def _tracking(self) -> dict[str, Any]:
+        return {k: self.config.tracking[k] for k in ("uri", "experiment", "enabled")}

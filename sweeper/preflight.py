@@ -15,7 +15,7 @@ from sweeper.composition import check_buildable, compose, one_line, require_buil
 from sweeper.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
-    from sweeper.hydra_sweeper import SweepPlan
+    from sweeper.plan import SweepPlan
 
 INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
 """Hydra flags after which no training happens, so there is nothing to pre-validate."""
@@ -59,7 +59,7 @@ def plan_sweep_line(args: Sequence[str]) -> SweepPlan:
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from sweeper.hydra_sweeper import plan_sweep
+    from sweeper.plan import plan_sweep
     from sweeper.study import open_storage, open_study_if_exists
     from sweeper.training import require_reported
 

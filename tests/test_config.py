@@ -15,7 +15,7 @@ from omegaconf import MISSING, OmegaConf
 
 from sweeper.clipping import ClipMethod, clip_schema, make_clipper
 from sweeper.config import SCHEMAS, RecommendConf, SweeperConf, sweeper_settings
-from sweeper.hydra_sweeper import plan_sweep
+from sweeper.plan import plan_sweep
 from sweeper.recommend import RecommendSettings
 from sweeper.training import build
 

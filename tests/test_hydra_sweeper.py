@@ -45,7 +45,7 @@ def _faulty_setup(tmp_path: Path) -> dict[str, str]:
     (tmp_path / "faulty_model.py").write_text(FAULTY_MODEL)
     (tmp_path / "mine" / "model").mkdir(parents=True)
     (tmp_path / "mine" / "model" / "faulty.yaml").write_text(
-        "_target_: faulty_model.FaultyModel\nmode: ok\ncell: lstm\nhidden_size: 8\n"
+        "_target_: faulty_model.FaultyModel\nmode: ok\ncell: lstm\nhidden_size: 8\nnum_layers: 1\ndropout: 0.0\n"
     )
     return with_pythonpath(tmp_path)
 

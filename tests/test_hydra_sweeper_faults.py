@@ -45,8 +45,8 @@ def _tell_fails_for_results(study, trial, values=None, state=None):
 STAGES = {
     # stage: (the function made to fail, the exit code)
     "after the parent run started": ("sweeper.hydra_sweeper.OptunaSweeper._loop", 1),
-    "in the recommendation": ("sweeper.hydra_sweeper.recommend", 0),  # reported; the trials stand
-    "in export": ("sweeper.hydra_sweeper.render", 0),
+    "in the recommendation": ("sweeper.conclusion.recommend", 0),  # reported; the trials stand
+    "in export": ("sweeper.conclusion.render", 0),
 }
 
 

@@ -1,0 +1,136 @@
+"""What a sweep leaves when its trials are done: the results file, the best trial and plots on the
+parent run, and (once per study, over every worker's trials) the recommendation, its validation
+and the exported clip config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+from sweeper import study as studies
+from sweeper.export import ExportFormat, Which, choose, render, reproduce_command, source
+from sweeper.names import BEST_TRIAL_TAG, CONCLUDED_ATTR, FAIL_REASON_ATTR, STATUS_ATTR, VALIDATION_ATTR
+from sweeper.plan import SweepPlan
+from sweeper.recommend import recommend
+from sweeper.report import log_recommendation, trials_table
+from sweeper.tracking import Tracker
+
+
+def write_results(
+    plan: SweepPlan,
+    study: optuna.Study,
+    parent: Tracker,
+    sweep_dir: Path,
+    best_config: Callable[[Sequence[str]], dict[str, Any]],
+) -> str:
+    """``optimization_results.yaml`` (Hydra's Optuna sweeper's keys plus the best trial's config),
+    the best trial and the plots on the parent run; returns the summary to print."""
+    completed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    results: dict[str, Any] = {
+        "name": "optuna",
+        "study_name": plan.study_name,
+        "storage": studies.mask_url(plan.storage_url),
+        "n_trials": plan.n_trials,
+    }
+    if not completed:
+        OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+        return (
+            "[clipsweep] no completed trial yet: nothing to recommend. Look at the failed trials' "
+            f"'{FAIL_REASON_ATTR}' and the pruned ones' '{STATUS_ATTR}' user attributes."
+        )
+    if len(plan.directions) == 1:
+        best = study.best_trial
+        results |= {
+            "best_params": dict(best.params),
+            "best_value": best.value,
+            "best_trial_number": best.number,
+            "best_config": best_config(plan.space.overrides(best.params)),
+        }
+        parent.log_metrics([("best/value", float(best.value), best.number)])
+        parent.log_params({f"best.{k}": v for k, v in best.params.items()})
+        parent.set_tags({BEST_TRIAL_TAG: str(best.number)})
+        _log_plots(study, parent)
+    else:
+        results["solutions"] = [
+            {"number": t.number, "params": dict(t.params), "values": list(t.values)} for t in study.best_trials
+        ]
+    OmegaConf.save(OmegaConf.create(results), sweep_dir / "optimization_results.yaml")
+    return (
+        "[clipsweep] "
+        + trials_table(study, plan.objectives)
+        + f"\n[clipsweep] results: {sweep_dir / 'optimization_results.yaml'}"
+    )
+
+
+def _log_plots(study: optuna.Study, parent: Tracker) -> None:
+    import warnings
+
+    from optuna.visualization import matplotlib as plots
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, draw in (
+            ("optimization_history", plots.plot_optimization_history),
+            ("param_importances", plots.plot_param_importances),
+            ("slice", plots.plot_slice),
+        ):
+            try:
+                axes = draw(study)
+            except Exception:  # e.g. importances need two parameters and several trials
+                continue
+            first = axes.flat[0] if hasattr(axes, "flat") else axes
+            parent.log_figure(first.figure, f"plots/{name}.png")
+
+
+def conclude(
+    plan: SweepPlan, study: optuna.Study, parent: Tracker, sweep_dir: Path, tracking: Mapping[str, Any]
+) -> str:
+    """Recommend (validate if asked), export ``<sweep dir>/clip/best.yaml``, log to the parent run.
+
+    The recommendation is over every worker's trials in the study, not only this invocation's,
+    and made once: workers end together (each waits for the others' running trials), and the
+    first to get here marks the study, so the others skip it (a check-then-set: two workers
+    finishing within the same few milliseconds could both compute the same result).
+    """
+    if len(plan.directions) != 1:
+        return ""
+    completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    done = study.user_attrs.get(CONCLUDED_ATTR, {})
+    if done.get("completed", -1) >= completed:  # another worker of this study got here first
+        return f"[clipsweep] recommendation over these {completed} trials already made (parent run {done.get('run')})"
+    study.set_user_attr(CONCLUDED_ATTR, {"completed": completed, "run": parent.run_id})
+    try:
+        recommendation = recommend(study, plan.recommend, plan.objectives[0])
+    except ValueError as err:
+        return f"[clipsweep] no recommendation: {err}"
+    validation = None
+    lines = [recommendation.describe()]
+    if plan.validate:
+        from sweeper.validation import validate
+
+        validation = validate(recommendation, plan.validate, tracking, parent.run_id)
+        lines.append(validation.describe())
+    if validation is not None:
+        study.set_user_attr(VALIDATION_ATTR, validation.to_dict())
+    choice = choose(recommendation, validation, Which.auto)
+    text = render(
+        choice.clip,
+        source(recommendation, choice, studies.mask_url(plan.storage_url)),
+        ExportFormat.yaml,
+        choice.params,
+    )
+    out = sweep_dir / "clip" / "best.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    log_recommendation(parent, recommendation, validation)
+    parent.log_text(text, "export/best.yaml")
+    lines.append(
+        f"exported the {choice.which.value} config ({choice.reason}) to {out}\n"
+        f"  train with it: {reproduce_command(choice, sweep_dir)}"
+    )
+    return "\n".join(f"[clipsweep] {line}" for line in "\n".join(lines).splitlines())
