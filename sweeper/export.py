@@ -20,7 +20,7 @@ import yaml
 
 from sweeper.clipping import ClipMethod
 from sweeper.errors import ConfigError
-from sweeper.recommend import Recommendation, TrialNorms
+from sweeper.recommendation import Recommendation, TrialNorms
 from sweeper.validation import Validation
 
 

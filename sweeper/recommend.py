@@ -33,19 +33,27 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from sweeper.clipping import ClipMethod
 from sweeper.config import RecommendConf
 from sweeper.errors import ConfigError
-from sweeper.names import CONFIG_ATTR, FIXED_ATTR, NORMS_ATTR, STATUS_ATTR
-from sweeper.telemetry import NormHistogram, NormSegments
+from sweeper.names import STATUS_ATTR
+from sweeper.recommendation import (
+    Recommendation,
+    TrialNorms,
+    compact,
+    global_threshold,
+    percentile_of,
+    trial_norms,
+)
+from sweeper.telemetry import NormHistogram
 
 _THRESHOLD = "clip.threshold"
 _NEIGHBOURHOOD = 2.0
@@ -90,183 +98,6 @@ class RecommendSettings:
         if unknown:
             raise ConfigError(f"recommend.{unknown[0]}", options[unknown[0]], ", ".join([*sorted(known), "validate"]))
         return cls(**options)
-
-
-@dataclass
-class TrialNorms:
-    """One completed trial as the recommendation sees it."""
-
-    number: int
-    value: float
-    config: dict[str, Any]
-    histogram: NormHistogram
-    clipped: int
-    params: dict[str, Any] = field(default_factory=dict)
-    fixed: list[str] = field(default_factory=list)
-
-    @property
-    def clip(self) -> dict[str, Any]:
-        return dict(self.config.get("clip", {}))
-
-    @property
-    def method(self) -> ClipMethod:
-        return ClipMethod(self.clip.get("method", "none"))
-
-    @property
-    def clip_fraction(self) -> float:
-        return self.clipped / self.histogram.count if self.histogram.count else math.nan
-
-
-@dataclass
-class Recommendation:
-    """The recommended clip config (and its co-searched parameters) with the evidence it rests on."""
-
-    study: str
-    objective: str
-    direction: str
-    clip: dict[str, Any]
-    params: dict[str, Any]
-    """Every searched parameter of the recommendation (``clip.*``, ``optim.lr``, ...)."""
-    trial: TrialNorms | None
-    """The good trial recommended, or None for an extrapolated (fixed-percentile) threshold."""
-    best: TrialNorms
-    good: list[TrialNorms]
-    """Good trials near the anchor: the centre, the interval and the norm statistics come from them."""
-    histogram: NormHistogram
-    threshold: float | None
-    """The recommended global-norm threshold (norm clipping), else None."""
-    interval: tuple[float, float] | None
-    """Good thresholds at the recommended setting of the other parameters: the uncertainty."""
-    percentile: float
-    """Where ``threshold`` sits in the good trials' steady-state norms (0..100; nan without one)."""
-    clip_fraction: float
-    """Share of those steps above ``threshold``: how often it would have clipped."""
-    rule: str
-    extrapolated: bool = False
-
-    @property
-    def steps(self) -> int:
-        return self.histogram.count
-
-    @property
-    def trials(self) -> list[int]:
-        return [t.number for t in self.good]
-
-    @property
-    def best_threshold(self) -> float | None:
-        return global_threshold(self.best.clip)
-
-    @property
-    def best_percentile(self) -> float | None:
-        threshold = self.best_threshold
-        return None if threshold is None else percentile_of(self.histogram, threshold)
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The full resolved config to train the recommendation with (validation, reproduction)."""
-        base = self.trial or self.best
-        return {**base.config, "clip": dict(self.clip)}
-
-    @property
-    def optim(self) -> dict[str, Any]:
-        return dict(self.config.get("optim", {}))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "study": self.study,
-            "objective": self.objective,
-            "direction": self.direction,
-            "clip": dict(self.clip),
-            "params": dict(self.params),
-            "trial": None if self.trial is None else self.trial.number,
-            "value": None if self.trial is None else self.trial.value,
-            "threshold": self.threshold,
-            "interval": None if self.interval is None else list(self.interval),
-            "percentile": self.percentile,
-            "clip_fraction": self.clip_fraction,
-            "rule": self.rule,
-            "extrapolated": self.extrapolated,
-            "good_trials": self.trials,
-            "steps": self.steps,
-            "nonfinite_steps_excluded": self.histogram.nonfinite,
-            "best_trial": self.best.number,
-            "best_value": self.best.value,
-            "best_clip": self.best.clip,
-            "best_params": dict(self.best.params),
-            "optim": self.optim,
-        }
-
-    def describe(self) -> str:
-        """The recommendation and its evidence, as printed at the end of a sweep and by the CLI."""
-        shown = {f"clip.{k}": v for k, v in self.clip.items() if k == "threshold"} | {
-            k: v for k, v in self.params.items() if k != "clip"
-        }
-        settings = " ".join(f"{k}={_short(v)}" for k, v in shown.items())
-        if self.extrapolated:
-            where = "extrapolated: validate it"
-        else:
-            where = (
-                f"trial {self.trial.number}" if self.trial else "read off the good trials' norms, inside their range"
-            )
-        value = "" if self.trial is None else f": {self.objective}={self.trial.value:.5g}"
-        lines = [f"recommended: clip={self.clip.get('method')} {settings}".rstrip() + f" ({where}{value})"]
-        if self.interval is not None:
-            lo, hi = self.interval
-            lines.append(
-                f"  uncertainty: thresholds {lo:.3g}..{hi:.3g} were within tolerance of the best there "
-                f"({len(self.good)} good trials)"
-            )
-        lines.append(f"  rule: {self.rule}")
-        if self.threshold is not None and self.histogram.count:
-            h = self.histogram
-            lines.append(
-                f"  norms of those trials (steady state, {h.count} steps, {h.nonfinite} non-finite excluded): "
-                f"p50 {h.percentile(50):.3g}, p90 {h.percentile(90):.3g}, p99 {h.percentile(99):.3g}; "
-                f"the threshold is p{self.percentile:.0f} and clips {self.clip_fraction:.0%} of steps"
-            )
-        lines.append(
-            f"  best trial {self.best.number}: {self.objective}={self.best.value:.5g} "
-            + " ".join(f"{k}={_short(v)}" for k, v in self.best.params.items())
-        )
-        return "\n".join(lines)
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _norms(trial: FrozenTrial, transient: float) -> tuple[NormHistogram, int]:
-    if NORMS_ATTR not in trial.user_attrs:
-        return NormHistogram(), 0
-    return NormSegments.from_dict(trial.user_attrs[NORMS_ATTR]).steady(transient)
-
-
-def trial_norms(trial: FrozenTrial, transient: float) -> TrialNorms | None:
-    """A completed, finished trial with its steady-state norms; None when it cannot be a candidate."""
-    if trial.state != TrialState.COMPLETE or trial.value is None or CONFIG_ATTR not in trial.user_attrs:
-        return None
-    if trial.user_attrs.get(STATUS_ATTR, "finished") != "finished":
-        return None  # diverged or stopped runs: not a result
-    histogram, clipped = _norms(trial, transient)
-    return TrialNorms(
-        trial.number,
-        float(trial.value),
-        dict(trial.user_attrs[CONFIG_ATTR]),
-        histogram,
-        clipped,
-        dict(trial.params),
-        list(trial.user_attrs.get(FIXED_ATTR, [])),
-    )
-
-
-def global_threshold(clip: Mapping[str, Any]) -> float | None:
-    """The fixed global-norm threshold of a clip config, if its method has one."""
-    return float(clip["threshold"]) if ClipMethod(clip.get("method", "none")) is ClipMethod.norm else None
-
-
-def percentile_of(histogram: NormHistogram, value: float) -> float:
-    """Inverse of ``percentile``: where ``value`` sits in the distribution (0..100)."""
-    return 100.0 * (1.0 - histogram.fraction_above(value)) if histogram.count else math.nan
 
 
 class _Space:
@@ -376,7 +207,7 @@ def _robust_trial(
     centre = (w[:, None] * points[good]).sum(axis=0) / w.sum()
     pick = good[eligible[good]]
     chosen = int(pick[np.argmin(((points[pick] - centre) ** 2).sum(axis=1))])
-    centre_text = ", ".join(f"{key}={_short(space.value(key, u))}" for key, u in zip(space.dims, centre))
+    centre_text = ", ".join(f"{key}={compact(space.value(key, u))}" for key, u in zip(space.dims, centre))
     rule = (
         f"the good trial nearest the weighted centre ({centre_text}) of the {len(good)} good trials around trial "
         f"{trials[anchor].number}, the trial with the best neighbourhood (good: within {tol:.0%} of the "

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from sweeper.names import RECOMMENDED_TAG, RECOMMENDED_TRIAL_TAG
 from sweeper.plots import norm_histogram_png
-from sweeper.recommend import Recommendation
+from sweeper.recommendation import Recommendation
 from sweeper.tracking import Tracker
 from sweeper.validation import Validation
 

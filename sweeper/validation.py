@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from sweeper.names import ROLE_TAG, STUDY_TAG
-from sweeper.recommend import Recommendation
+from sweeper.recommendation import Recommendation
 from sweeper.tracking import make_tracker
 from sweeper.training import RunResult, build, train
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from sweeper.composition import compose
 from sweeper.errors import ConfigError
 from sweeper.export import ExportFormat, Which, choose, load_clip, render, source, write
-from sweeper.recommend import Recommendation, TrialNorms
+from sweeper.recommendation import Recommendation, TrialNorms
 from sweeper.telemetry import NormHistogram
 from sweeper.validation import Arm, Validation
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 from omegaconf import OmegaConf
 
-from sweeper.recommend import Recommendation, TrialNorms
+from sweeper.recommendation import Recommendation, TrialNorms
 from sweeper.telemetry import NormHistogram
 from sweeper.tracking import NullTracker
 from sweeper.training import build, train

@@ -1,0 +1,194 @@
+"""What a recommendation rests on and says: each usable trial with its steady-state norms
+(``TrialNorms``), and the recommended clip config with its evidence, uncertainty and the words
+that explain it (``Recommendation``). The rule that makes one is ``sweeper.recommend``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from sweeper.clipping import ClipMethod
+from sweeper.names import CONFIG_ATTR, FIXED_ATTR, NORMS_ATTR, STATUS_ATTR
+from sweeper.telemetry import NormHistogram, NormSegments
+
+
+@dataclass
+class TrialNorms:
+    """One completed trial as the recommendation sees it."""
+
+    number: int
+    value: float
+    config: dict[str, Any]
+    histogram: NormHistogram
+    clipped: int
+    params: dict[str, Any] = field(default_factory=dict)
+    fixed: list[str] = field(default_factory=list)
+
+    @property
+    def clip(self) -> dict[str, Any]:
+        return dict(self.config.get("clip", {}))
+
+    @property
+    def method(self) -> ClipMethod:
+        return ClipMethod(self.clip.get("method", "none"))
+
+    @property
+    def clip_fraction(self) -> float:
+        return self.clipped / self.histogram.count if self.histogram.count else math.nan
+
+
+@dataclass
+class Recommendation:
+    """The recommended clip config (and its co-searched parameters) with the evidence it rests on."""
+
+    study: str
+    objective: str
+    direction: str
+    clip: dict[str, Any]
+    params: dict[str, Any]
+    """Every searched parameter of the recommendation (``clip.*``, ``optim.lr``, ...)."""
+    trial: TrialNorms | None
+    """The good trial recommended, or None for an extrapolated (fixed-percentile) threshold."""
+    best: TrialNorms
+    good: list[TrialNorms]
+    """Good trials near the anchor: the centre, the interval and the norm statistics come from them."""
+    histogram: NormHistogram
+    threshold: float | None
+    """The recommended global-norm threshold (norm clipping), else None."""
+    interval: tuple[float, float] | None
+    """Good thresholds at the recommended setting of the other parameters: the uncertainty."""
+    percentile: float
+    """Where ``threshold`` sits in the good trials' steady-state norms (0..100; nan without one)."""
+    clip_fraction: float
+    """Share of those steps above ``threshold``: how often it would have clipped."""
+    rule: str
+    extrapolated: bool = False
+
+    @property
+    def steps(self) -> int:
+        return self.histogram.count
+
+    @property
+    def trials(self) -> list[int]:
+        return [t.number for t in self.good]
+
+    @property
+    def best_threshold(self) -> float | None:
+        return global_threshold(self.best.clip)
+
+    @property
+    def best_percentile(self) -> float | None:
+        threshold = self.best_threshold
+        return None if threshold is None else percentile_of(self.histogram, threshold)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The full resolved config to train the recommendation with (validation, reproduction)."""
+        base = self.trial or self.best
+        return {**base.config, "clip": dict(self.clip)}
+
+    @property
+    def optim(self) -> dict[str, Any]:
+        return dict(self.config.get("optim", {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "study": self.study,
+            "objective": self.objective,
+            "direction": self.direction,
+            "clip": dict(self.clip),
+            "params": dict(self.params),
+            "trial": None if self.trial is None else self.trial.number,
+            "value": None if self.trial is None else self.trial.value,
+            "threshold": self.threshold,
+            "interval": None if self.interval is None else list(self.interval),
+            "percentile": self.percentile,
+            "clip_fraction": self.clip_fraction,
+            "rule": self.rule,
+            "extrapolated": self.extrapolated,
+            "good_trials": self.trials,
+            "steps": self.steps,
+            "nonfinite_steps_excluded": self.histogram.nonfinite,
+            "best_trial": self.best.number,
+            "best_value": self.best.value,
+            "best_clip": self.best.clip,
+            "best_params": dict(self.best.params),
+            "optim": self.optim,
+        }
+
+    def describe(self) -> str:
+        """The recommendation and its evidence, as printed at the end of a sweep and by the CLI."""
+        shown = {f"clip.{k}": v for k, v in self.clip.items() if k == "threshold"} | {
+            k: v for k, v in self.params.items() if k != "clip"
+        }
+        settings = " ".join(f"{k}={compact(v)}" for k, v in shown.items())
+        if self.extrapolated:
+            where = "extrapolated: validate it"
+        else:
+            where = (
+                f"trial {self.trial.number}" if self.trial else "read off the good trials' norms, inside their range"
+            )
+        value = "" if self.trial is None else f": {self.objective}={self.trial.value:.5g}"
+        lines = [f"recommended: clip={self.clip.get('method')} {settings}".rstrip() + f" ({where}{value})"]
+        if self.interval is not None:
+            lo, hi = self.interval
+            lines.append(
+                f"  uncertainty: thresholds {lo:.3g}..{hi:.3g} were within tolerance of the best there "
+                f"({len(self.good)} good trials)"
+            )
+        lines.append(f"  rule: {self.rule}")
+        if self.threshold is not None and self.histogram.count:
+            h = self.histogram
+            lines.append(
+                f"  norms of those trials (steady state, {h.count} steps, {h.nonfinite} non-finite excluded): "
+                f"p50 {h.percentile(50):.3g}, p90 {h.percentile(90):.3g}, p99 {h.percentile(99):.3g}; "
+                f"the threshold is p{self.percentile:.0f} and clips {self.clip_fraction:.0%} of steps"
+            )
+        lines.append(
+            f"  best trial {self.best.number}: {self.objective}={self.best.value:.5g} "
+            + " ".join(f"{k}={compact(v)}" for k, v in self.best.params.items())
+        )
+        return "\n".join(lines)
+
+
+def compact(value: Any) -> str:
+    """A number as the recommendation prints it (4 significant digits), anything else as is."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _norms(trial: FrozenTrial, transient: float) -> tuple[NormHistogram, int]:
+    if NORMS_ATTR not in trial.user_attrs:
+        return NormHistogram(), 0
+    return NormSegments.from_dict(trial.user_attrs[NORMS_ATTR]).steady(transient)
+
+
+def trial_norms(trial: FrozenTrial, transient: float) -> TrialNorms | None:
+    """A completed, finished trial with its steady-state norms; None when it cannot be a candidate."""
+    if trial.state != TrialState.COMPLETE or trial.value is None or CONFIG_ATTR not in trial.user_attrs:
+        return None
+    if trial.user_attrs.get(STATUS_ATTR, "finished") != "finished":
+        return None  # diverged or stopped runs: not a result
+    histogram, clipped = _norms(trial, transient)
+    return TrialNorms(
+        trial.number,
+        float(trial.value),
+        dict(trial.user_attrs[CONFIG_ATTR]),
+        histogram,
+        clipped,
+        dict(trial.params),
+        list(trial.user_attrs.get(FIXED_ATTR, [])),
+    )
+
+
+def global_threshold(clip: Mapping[str, Any]) -> float | None:
+    """The fixed global-norm threshold of a clip config, if its method has one."""
+    return float(clip["threshold"]) if ClipMethod(clip.get("method", "none")) is ClipMethod.norm else None
+
+
+def percentile_of(histogram: NormHistogram, value: float) -> float:
+    """Inverse of ``percentile``: where ``value`` sits in the distribution (0..100)."""
+    return 100.0 * (1.0 - histogram.fraction_above(value)) if histogram.count else math.nan
