@@ -232,7 +232,11 @@ class OptunaSweeper(Sweeper):
             }
             if parent.run_id:
                 env[PARENT_RUN_ENV] = parent.run_id
-            overrides += [f"++hydra.job.env_set.{k}={format_value(str(v))}" for k, v in env.items()]
+            # Keys conf/config.yaml declares need no "++", and Hydra's launchers leave "hydra." overrides
+            # out of the line they print per job: the trial's plumbing stays off the console.
+            declared = self.config.hydra.job.env_set
+            prefix = "" if all(k in declared for k in env) else "++"
+            overrides += [f"{prefix}hydra.job.env_set.{k}={format_value(str(v))}" for k, v in env.items()]
             overrides += self._thread_overrides(plan)
             self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             return overrides

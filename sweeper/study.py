@@ -361,7 +361,7 @@ class TrialReporter:
     @classmethod
     def from_environment(cls, sweeper_config: Mapping[str, Any] | None) -> TrialReporter | None:
         trial_id = os.environ.get(TRIAL_ID_ENV)
-        if trial_id is None or sweeper_config is None:
+        if not trial_id or sweeper_config is None:  # conf/config.yaml declares it empty outside a sweep
             return None
         settings = sweeper_settings(sweeper_config)
         storage = open_storage(
@@ -375,7 +375,9 @@ class TrialReporter:
         study = optuna.load_study(study_name=os.environ[STUDY_ENV], storage=storage, pruner=pruner)
         objective = settings["objective"]
         first = objective[0] if isinstance(objective, Sequence) and not isinstance(objective, str) else objective
-        return cls(study, int(trial_id), int(os.environ[TRIAL_NUMBER_ENV]), str(first), os.environ.get(PARENT_RUN_ENV))
+        return cls(
+            study, int(trial_id), int(os.environ[TRIAL_NUMBER_ENV]), str(first), os.environ.get(PARENT_RUN_ENV) or None
+        )
 
     def run_tags(self) -> dict[str, str]:
         tags = {TRIAL_NUMBER_TAG: str(self.number), STUDY_TAG: self.study.study_name}

@@ -53,6 +53,7 @@ def _faulty_setup(tmp_path: Path) -> dict[str, str]:
 def test_sweep_records_study_parent_and_child_runs_and_results(tmp_path: Path) -> None:
     done = run_sweep(tmp_path, "hydra.sweeper.n_trials=4", "hydra.sweeper.study_name=s1", "hydra.sweeper.seed=1")
     assert "[clipsweep] trials 4/4 done" in done.stdout and "top 4 of 4 completed trials" in done.stdout
+    assert "#3 : " in done.stdout + done.stderr and "env_set" not in done.stdout + done.stderr  # no plumbing echoed
 
     study = load_study(tmp_path, "s1")
     trials = study.get_trials()
