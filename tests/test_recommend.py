@@ -136,6 +136,19 @@ def test_recommend_prefers_a_good_neighbourhood_over_one_lucky_trial(tmp_path: P
     assert r.threshold in (0.03, 0.05, 0.08, 0.12) and r.interval == (0.03, 0.12)
 
 
+def test_recommend_keeps_the_best_trial_when_its_neighbours_back_it(tmp_path: Path) -> None:
+    # The best trial sits at the band's upper end; its neighbours are good too, so it stands, though the
+    # centre of the good trials lies lower.
+    study = _study(tmp_path)
+    for threshold, value in ((0.05, 0.0030), (0.08, 0.0032), (0.12, 0.0031), (0.18, 0.0025), (0.25, 0.0033)):
+        _add(study, value, {"clip.threshold": threshold})
+    for threshold in (2.0, 5.0, 10.0):
+        _add(study, BASELINE, {"clip.threshold": threshold})
+    r = recommend(study)
+    assert r.trial is not None and r.trial.number == r.best.number == 3 and r.threshold == 0.18
+    assert r.rule.startswith("the best trial") and r.interval == (0.05, 0.25)
+
+
 @pytest.mark.parametrize("scale", [0.2, 1e-4], ids=["norms-near-thresholds", "norms-far-below"])
 def test_recommend_does_not_follow_a_bimodal_norm_distribution(tmp_path: Path, scale: float) -> None:
     # Each trial's norms: two modes four decades apart (a solved RNN: tiny, with rare spikes).
