@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -22,6 +22,9 @@ from sweeper.clipping import ClipMethod
 from sweeper.errors import ConfigError
 from sweeper.recommendation import Recommendation, TrialNorms
 from sweeper.validation import Validation
+
+if TYPE_CHECKING:
+    from sweeper.calibrate import Calibration
 
 
 class ExportFormat(str, Enum):
@@ -119,6 +122,23 @@ def source(recommendation: Recommendation, choice: Choice, storage: str | None =
             "good_trials": recommendation.trials,
             "rule": recommendation.rule,
         },
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def calibration_source(calibration: Calibration, grid: int, optim: Mapping[str, Any]) -> dict[str, Any]:
+    """What an export of a calibrated threshold says of its origin (no study, no trial: a search)."""
+    objective = calibration.objective
+    return {
+        "study": "calibrate",
+        "storage": None,
+        "trial": None,
+        "objective": objective,
+        "direction": "maximize" if objective.endswith("accuracy") else "minimize",
+        "value": None,
+        "which": "calibrated",
+        "reason": f"successive halving over {grid} thresholds, {calibration.steps} steps",
+        "optim": dict(optim),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -94,6 +94,12 @@ class OptunaSweeper(Sweeper):
         return OmegaConf.to_container(OmegaConf.create(self.settings), resolve=True)  # type: ignore[return-value]
 
     def sweep(self, arguments: list[str]) -> list[FrozenTrial]:
+        """Plan, open the study and the parent run, loop, conclude, close.
+
+        Longer than most on purpose: every exit path (an error, an interrupt, a failed sweep) must
+        pass the one ``try/finally`` that ends the parent run and gives back untold trials, and that
+        is easiest to check when the whole lifecycle reads top to bottom in one function.
+        """
         plan = plan_sweep(self._settings(), arguments)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)  # before either store is written: a bad dir writes nothing

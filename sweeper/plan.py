@@ -91,35 +91,9 @@ def plan_sweep(settings: Mapping[str, Any], arguments: Sequence[str]) -> SweepPl
     """
     settings = sweeper_settings(settings)
     space = parse_search_space(settings["params"], arguments, settings["conditional"])
-    directions = [str(d).lower() for d in _as_list(settings["direction"])]
-    bad = [d for d in directions if d not in _DIRECTIONS]
-    if not directions or bad:
-        raise ConfigError("hydra.sweeper.direction", settings["direction"], f"{_DIRECTIONS} or a list of them")
-    objectives = [str(o) for o in _as_list(settings["objective"])]
-    if len(objectives) != len(directions):
-        raise ConfigError("hydra.sweeper.objective", objectives, f"one metric name per direction ({len(directions)})")
-    n_trials, n_jobs = int(settings["n_trials"]), int(settings["n_jobs"])
-    if n_trials < 1:
-        raise ConfigError("hydra.sweeper.n_trials", n_trials, "an integer >= 1")
-    if n_jobs < 1:
-        raise ConfigError("hydra.sweeper.n_jobs", n_jobs, "an integer >= 1")
-    rate = float(settings["max_failure_rate"])
-    if not 0.0 <= rate <= 1.0:
-        raise ConfigError("hydra.sweeper.max_failure_rate", rate, "a fraction in [0, 1]")
-    timeout = settings["timeout"]
-    if timeout is not None and float(timeout) <= 0:
-        raise ConfigError("hydra.sweeper.timeout", timeout, "seconds > 0, or null")
-
-    seed = settings["seed"]
-    sampler_node = OmegaConf.create(settings["sampler"])
-    if seed is not None and sampler_node.get("seed") is None:
-        sampler_node.seed = int(seed)
-    extra = {"search_space": space.grid()} if str(sampler_node.get("_target_", "")).endswith("GridSampler") else {}
-    sampler = _instantiate("hydra.sweeper.sampler", sampler_node, **extra)
-    _require_lazy_imports("hydra.sweeper.sampler", sampler)
-    pruner_node = OmegaConf.create(settings["pruner"])
-    pruner = _instantiate("hydra.sweeper.pruner", pruner_node)
-
+    directions, objectives = _objectives(settings)
+    n_trials, n_jobs, rate, timeout = _budget(settings)
+    sampler, pruner = _components(settings, space)
     custom = settings["custom_search_space"]
     custom_fn = None
     if custom:
@@ -127,13 +101,11 @@ def plan_sweep(settings: Mapping[str, Any], arguments: Sequence[str]) -> SweepPl
             custom_fn = get_method(custom)
         except Exception:
             raise ConfigError("hydra.sweeper.custom_search_space", custom, "a dotted path to fn(cfg, trial)") from None
-
     enqueue = []
     for i, entry in enumerate(_as_list(settings["enqueue"])):
         if not isinstance(entry, Mapping) or not entry:
             raise ConfigError(f"hydra.sweeper.enqueue[{i}]", entry, "a mapping of parameter names to values")
         enqueue.append({str(k): v for k, v in entry.items()})
-
     try:
         recommend = RecommendSettings.from_mapping(settings["recommend"])
     except ConfigError as err:
@@ -156,13 +128,53 @@ def plan_sweep(settings: Mapping[str, Any], arguments: Sequence[str]) -> SweepPl
         max_failures=math.floor(rate * n_trials),
         enqueue=enqueue,
         custom_search_space=custom_fn,
-        timeout=None if timeout is None else float(timeout),
+        timeout=timeout,
         heartbeat_interval=int(settings["heartbeat_interval"]),
         grace_period=int(settings["grace_period"]),
         max_retry=int(settings["max_retry"]),
         recommend=recommend,
         validate=validate,
     )
+
+
+def _objectives(settings: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    directions = [str(d).lower() for d in _as_list(settings["direction"])]
+    bad = [d for d in directions if d not in _DIRECTIONS]
+    if not directions or bad:
+        raise ConfigError("hydra.sweeper.direction", settings["direction"], f"{_DIRECTIONS} or a list of them")
+    objectives = [str(o) for o in _as_list(settings["objective"])]
+    if len(objectives) != len(directions):
+        raise ConfigError("hydra.sweeper.objective", objectives, f"one metric name per direction ({len(directions)})")
+    return directions, objectives
+
+
+def _budget(settings: Mapping[str, Any]) -> tuple[int, int, float, float | None]:
+    """(n_trials, n_jobs, max_failure_rate, timeout), checked."""
+    n_trials, n_jobs = int(settings["n_trials"]), int(settings["n_jobs"])
+    if n_trials < 1:
+        raise ConfigError("hydra.sweeper.n_trials", n_trials, "an integer >= 1")
+    if n_jobs < 1:
+        raise ConfigError("hydra.sweeper.n_jobs", n_jobs, "an integer >= 1")
+    rate = float(settings["max_failure_rate"])
+    if not 0.0 <= rate <= 1.0:
+        raise ConfigError("hydra.sweeper.max_failure_rate", rate, "a fraction in [0, 1]")
+    timeout = settings["timeout"]
+    if timeout is not None and float(timeout) <= 0:
+        raise ConfigError("hydra.sweeper.timeout", timeout, "seconds > 0, or null")
+    return n_trials, n_jobs, rate, None if timeout is None else float(timeout)
+
+
+def _components(
+    settings: Mapping[str, Any], space: SearchSpace
+) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
+    """The sampler (seeded by ``seed`` unless its config has one; a grid sampler gets the grid) and pruner."""
+    sampler_node = OmegaConf.create(settings["sampler"])
+    if settings["seed"] is not None and sampler_node.get("seed") is None:
+        sampler_node.seed = int(settings["seed"])
+    extra = {"search_space": space.grid()} if str(sampler_node.get("_target_", "")).endswith("GridSampler") else {}
+    sampler = _instantiate("hydra.sweeper.sampler", sampler_node, **extra)
+    _require_lazy_imports("hydra.sweeper.sampler", sampler)
+    return sampler, _instantiate("hydra.sweeper.pruner", OmegaConf.create(settings["pruner"]))
 
 
 def open_planned_study(plan: SweepPlan) -> optuna.Study:

@@ -303,22 +303,9 @@ def calibrate_command(args: Sequence[str]) -> int:
         tracker.flush()
         print(f"pilot run: {tracker.describe()}")
     if out is not None:
-        from datetime import datetime, timezone
+        from sweeper.export import ExportFormat, calibration_source, render
 
-        from sweeper.export import ExportFormat, render
-
-        origin = {
-            "study": "calibrate",
-            "storage": None,
-            "trial": None,
-            "objective": settings.objective,
-            "direction": "maximize" if settings.objective.endswith("accuracy") else "minimize",
-            "value": None,
-            "which": "calibrated",
-            "reason": f"successive halving over {settings.grid} thresholds, {calibration.steps} steps",
-            "optim": dict(config.optim),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        origin = calibration_source(calibration, settings.grid, dict(config.optim))
         write(render(calibration.clip, origin, ExportFormat.yaml), out, options.force)
         print(f"wrote {out}")
     return 0

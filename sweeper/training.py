@@ -284,6 +284,24 @@ def _mean_finite(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else math.nan
 
 
+def _record_outcome(
+    tracker: Tracker, telemetry: Telemetry, windows: list[Window], status: str, done: int, last_threshold: float
+) -> None:
+    """The run's tail: the last window, steps.csv, the norm summary and histogram, the status tags."""
+    window = telemetry.drain()  # rows recorded before an early break
+    if window is not None:
+        windows.append(window)
+        tracker.log_metrics(window.metrics())
+    tracker.log_text(steps_csv(windows), "telemetry/steps.csv")
+    summary_metrics = telemetry.summary.metrics()
+    tracker.log_metrics((k, v, done) for k, v in summary_metrics.items() if math.isfinite(v))
+    histogram = telemetry.summary.histogram
+    tracker.log_text(json.dumps(histogram.to_dict(), indent=1), "telemetry/grad_norm_histogram.json")
+    marks = {"threshold": last_threshold}
+    tracker.log_figure(lambda: norm_histogram_png(histogram, marks), "telemetry/grad_norm_histogram.png")
+    tracker.set_tags({STATUS_TAG: status, STEPS_DONE_TAG: str(done)})
+
+
 def train(
     setup: Setup,
     tracker: Tracker,
@@ -297,6 +315,10 @@ def train(
     ``tags`` and ``run_name`` add to the tracking run (a sweep names its trials' runs and nests
     them under its parent run); ``run_name`` falls back to ``tracking.run_name``. ``on_start``
     receives the tracking run id as soon as the run exists, so a crash later can still be traced.
+
+    One function on purpose: the loop's order (step, drain telemetry, evaluate, stop) and the run's
+    lifecycle (started once, ended on every exit, KILLED on an interrupt) are checked most easily
+    when they read top to bottom together.
     """
     config = setup.config
     steps, eval_every = int(config.train.steps), int(config.train.eval_every)
@@ -345,18 +367,7 @@ def train(
                 if on_eval is not None and on_eval(done, val):
                     status = "stopped"
                     break
-        window = telemetry.drain()  # rows recorded before an early break
-        if window is not None:
-            windows.append(window)
-            tracker.log_metrics(window.metrics())
-        tracker.log_text(steps_csv(windows), "telemetry/steps.csv")
-        summary_metrics = telemetry.summary.metrics()
-        tracker.log_metrics((k, v, done) for k, v in summary_metrics.items() if math.isfinite(v))
-        histogram = telemetry.summary.histogram
-        tracker.log_text(json.dumps(histogram.to_dict(), indent=1), "telemetry/grad_norm_histogram.json")
-        marks = {"threshold": last_threshold}
-        tracker.log_figure(lambda: norm_histogram_png(histogram, marks), "telemetry/grad_norm_histogram.png")
-        tracker.set_tags({STATUS_TAG: status, STEPS_DONE_TAG: str(done)})
+        _record_outcome(tracker, telemetry, windows, status, done, last_threshold)
     except BaseException as err:
         tracker.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
