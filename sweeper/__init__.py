@@ -5,7 +5,7 @@ The public names are re-exported here once; everything else is reached through i
 
 from sweeper.clipping import ClipMethod, Clipper, ClipStats, make_clipper
 from sweeper.errors import ConfigError
+from sweeper.histogram import NormHistogram
 from sweeper.loop import GradClipper
-from sweeper.telemetry import NormHistogram
 
 __all__ = ["ClipMethod", "ClipStats", "Clipper", "ConfigError", "GradClipper", "NormHistogram", "make_clipper"]

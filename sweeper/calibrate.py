@@ -34,8 +34,9 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper.errors import ConfigError
+from sweeper.histogram import NormHistogram
 from sweeper.names import ROLE_TAG
-from sweeper.telemetry import NormHistogram, Telemetry
+from sweeper.telemetry import Telemetry
 from sweeper.tracking import Tracker
 from sweeper.training import RunResult, Trainer, build, train
 

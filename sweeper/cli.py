@@ -96,7 +96,8 @@ def run_command(args: Sequence[str], validated: bool = False) -> int:
 def init_command(args: Sequence[str]) -> int:
     """Create the study (and the storage's tables) once, before N workers start and race to do it."""
     from sweeper.plan import open_planned_study
-    from sweeper.study import counted_trials, mask_url
+    from sweeper.storage import mask_url
+    from sweeper.study import counted_trials
 
     if any(a in ("-h", "--help") for a in args):
         print(
@@ -190,7 +191,7 @@ def _secrets_to_environment(args: Sequence[str]) -> list[str]:
     the command line (``.hydra/*.yaml``, job overrides, the sweep's parent run) holds the password;
     the storage override stays, masked, to show where the study lives."""
 
-    from sweeper.study import mask_url
+    from sweeper.storage import mask_url
 
     variables = {"hydra.sweeper.storage": STORAGE_ENV, "tracking.uri": TRACKING_URI_ENV}
     kept = []

@@ -12,12 +12,12 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from sweeper import study as studies
 from sweeper.export import ExportFormat, Which, choose, render, reproduce_command, source
 from sweeper.names import BEST_TRIAL_TAG, CONCLUDED_ATTR, FAIL_REASON_ATTR, STATUS_ATTR, VALIDATION_ATTR
 from sweeper.plan import SweepPlan
 from sweeper.recommend import recommend
 from sweeper.report import log_recommendation, trials_table
+from sweeper.storage import mask_url
 from sweeper.tracking import Tracker
 
 
@@ -34,7 +34,7 @@ def write_results(
     results: dict[str, Any] = {
         "name": "optuna",
         "study_name": plan.study_name,
-        "storage": studies.mask_url(plan.storage_url),
+        "storage": mask_url(plan.storage_url),
         "n_trials": plan.n_trials,
     }
     if not completed:
@@ -120,7 +120,7 @@ def conclude(
     choice = choose(recommendation, validation, Which.auto)
     text = render(
         choice.clip,
-        source(recommendation, choice, studies.mask_url(plan.storage_url)),
+        source(recommendation, choice, mask_url(plan.storage_url)),
         ExportFormat.yaml,
         choice.params,
     )

@@ -55,6 +55,7 @@ from sweeper.names import (
 )
 from sweeper.plan import SweepPlan, open_planned_study, plan_sweep
 from sweeper.search_space import format_value
+from sweeper.storage import TRANSIENT, mask_url, retrying
 from sweeper.tracking import Tracker, make_tracker, masked
 
 _POLL_SECONDS = 2.0
@@ -116,7 +117,7 @@ class OptunaSweeper(Sweeper):
             | {f"fixed.{i}": o for i, o in enumerate(plan.space.fixed)},
             tags={
                 STUDY_TAG: plan.study_name,
-                STORAGE_TAG: studies.mask_url(plan.storage_url),
+                STORAGE_TAG: mask_url(plan.storage_url),
                 SAMPLER_TAG: sampler_name,
                 PRUNER_TAG: type(plan.pruner).__name__,
                 ROLE_TAG: "sweep",
@@ -127,9 +128,9 @@ class OptunaSweeper(Sweeper):
         try:  # from here on the parent run is open: whatever happens, it is closed (no RUNNING run, no hang)
             if parent.run_id:  # where `clipsweep export` logs the exported file later
                 study.set_user_attr(PARENT_RUN_ATTR, parent.run_id)
-                study.set_user_attr(TRACKING_URI_ATTR, studies.mask_url(str(tracking.uri)))
+                study.set_user_attr(TRACKING_URI_ATTR, mask_url(str(tracking.uri)))
             print(
-                f"[clipsweep] study {plan.study_name!r} on {studies.mask_url(plan.storage_url)}: "
+                f"[clipsweep] study {plan.study_name!r} on {mask_url(plan.storage_url)}: "
                 f"{len(studies.counted_trials(study))}/{plan.n_trials} trials already there; "
                 f"sampler {sampler_name}, pruner {type(plan.pruner).__name__}",
                 flush=True,
@@ -170,11 +171,11 @@ class OptunaSweeper(Sweeper):
         own: set[int] = set()
         with studies.Heartbeat(study._storage, plan.heartbeat_interval) as heartbeat:
             while True:
-                for stale in studies.retrying(studies.fail_stale, study):
+                for stale in retrying(studies.fail_stale, study):
                     run_id = stale.user_attrs.get(RUN_ID_ATTR)
                     if run_id:  # its worker died mid-trial and cannot close its run itself
                         parent.end_other_run(run_id, "KILLED", {TRIAL_STATE_TAG: "FAIL (stale heartbeat)"})
-                failures = len(studies.retrying(studies.failed_trials, study))
+                failures = len(retrying(studies.failed_trials, study))
                 if failures > plan.max_failures:
                     return (
                         f"{_FAILED_PREFIX}{failures} failed trials exceed max_failure_rate "
@@ -186,11 +187,11 @@ class OptunaSweeper(Sweeper):
                 batch: list[tuple[Trial, list[str]]] = []
                 asked = False
                 for _ in range(plan.n_jobs):
-                    trial = studies.retrying(studies.ask_within_budget, study, plan.n_trials)
+                    trial = retrying(studies.ask_within_budget, study, plan.n_trials)
                     if trial is None:
                         break
                     asked = True
-                    overrides = studies.retrying(self._trial_overrides, plan, study, trial, parent)
+                    overrides = retrying(self._trial_overrides, plan, study, trial, parent)
                     if overrides is not None:
                         batch.append((trial, overrides))
                         own.add(trial._trial_id)
@@ -198,9 +199,7 @@ class OptunaSweeper(Sweeper):
                 if not batch:
                     if asked:  # every asked trial failed to compose: the budget decides what next
                         continue
-                    if studies.retrying(studies.foreign_running, study, own) or studies.retrying(
-                        self._retry_waiting, study
-                    ):
+                    if retrying(studies.foreign_running, study, own) or retrying(self._retry_waiting, study):
                         time.sleep(_POLL_SECONDS)  # another worker's trial may still fail and come back
                         continue
                     return None
@@ -209,7 +208,7 @@ class OptunaSweeper(Sweeper):
                     returns = self.launcher.launch([o for _, o in batch], initial_job_idx=self.job_idx)
                     self.job_idx += len(batch)
                     for (trial, _), job in zip(batch, returns):
-                        studies.retrying(self._tell, plan, study, trial, job, parent)
+                        retrying(self._tell, plan, study, trial, job, parent)
                         told.add(trial.number)
                         heartbeat.discard(trial._trial_id)
                 except BaseException:  # SIGINT/SIGTERM, or the sweep itself failed: no trial left RUNNING
@@ -218,7 +217,7 @@ class OptunaSweeper(Sweeper):
                             with contextlib.suppress(Exception):  # the storage may be what failed
                                 self._give_back(study, trial)
                     raise
-                print(studies.retrying(self._progress, plan, study), flush=True)
+                print(retrying(self._progress, plan, study), flush=True)
 
     @staticmethod
     def _retry_waiting(study: optuna.Study) -> bool:
@@ -246,7 +245,7 @@ class OptunaSweeper(Sweeper):
             overrides += self._thread_overrides(plan)
             self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             return overrides
-        except studies.TRANSIENT:
+        except TRANSIENT:
             raise  # the database, not the config: retried by the caller
         except Exception as err:  # a sampled value the config rejects: a failed trial, not a dead sweep
             self._fail(study, trial, f"config did not compose: {err}".splitlines()[0])
@@ -284,7 +283,7 @@ class OptunaSweeper(Sweeper):
         for attr, key in ((NORMS_ATTR, "norms"), (CONFIG_ATTR, "config")):
             if key in result:  # what recommend and export read back from the storage alone
                 trial.set_user_attr(attr, result[key])
-        trial.set_user_attr(FIXED_ATTR, [studies.mask_url(o) for o in plan.space.fixed])  # export's reproduce line
+        trial.set_user_attr(FIXED_ATTR, [mask_url(o) for o in plan.space.fixed])  # export's reproduce line
         run_id = result.get("mlflow_run_id")
         status = result.get("status", "finished")
         trial.set_user_attr(STATUS_ATTR, status)

@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from sweeper.clipping import Clipper, make_clipper
-from sweeper.telemetry import NormHistogram, Telemetry
+from sweeper.histogram import NormHistogram
+from sweeper.telemetry import Telemetry
 
 
 class GradClipper:

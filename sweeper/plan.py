@@ -20,6 +20,7 @@ from sweeper.config import sweeper_settings
 from sweeper.errors import ConfigError
 from sweeper.recommend import RecommendSettings
 from sweeper.search_space import SearchSpace, parse_search_space
+from sweeper.storage import open_storage, storage_url
 
 _DIRECTIONS = ("minimize", "maximize")
 
@@ -113,7 +114,7 @@ def plan_sweep(settings: Mapping[str, Any], arguments: Sequence[str]) -> SweepPl
     validate = int(settings["recommend"]["validate"])
     if validate < 0:
         raise ConfigError("hydra.sweeper.recommend.validate", validate, "a number of seeds >= 0")
-    storage_url = studies.storage_url(settings["storage"])
+    url = storage_url(settings["storage"])
     study_name = settings["study_name"] or f"clipsweep-{datetime.now():%Y%m%d-%H%M%S}"
     return SweepPlan(
         space=space,
@@ -121,7 +122,7 @@ def plan_sweep(settings: Mapping[str, Any], arguments: Sequence[str]) -> SweepPl
         objectives=objectives,
         sampler=sampler,
         pruner=pruner,
-        storage_url=storage_url,
+        storage_url=url,
         study_name=str(study_name),
         n_trials=n_trials,
         n_jobs=n_jobs,
@@ -178,5 +179,5 @@ def _components(
 
 
 def open_planned_study(plan: SweepPlan) -> optuna.Study:
-    storage = studies.open_storage(plan.storage_url, plan.heartbeat_interval, plan.grace_period, plan.max_retry)
+    storage = open_storage(plan.storage_url, plan.heartbeat_interval, plan.grace_period, plan.max_retry)
     return studies.open_study(storage, plan.study_name, plan.directions, plan.sampler, plan.pruner, plan.objectives)

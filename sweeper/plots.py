@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.telemetry import NormHistogram
+from sweeper.histogram import NormHistogram
 
 _WIDTH, _HEIGHT = 640, 360
 _LEFT, _TOP, _RIGHT, _BOTTOM = 64, 34, 624, 308

@@ -60,7 +60,8 @@ def plan_sweep_line(args: Sequence[str]) -> SweepPlan:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from sweeper.plan import plan_sweep
-    from sweeper.study import open_storage, open_study_if_exists
+    from sweeper.storage import open_storage
+    from sweeper.study import open_study_if_exists
     from sweeper.training import require_reported
 
     overrides, config_dir, config_name = split_hydra_args([a for a in args if a not in MULTIRUN_FLAGS])

@@ -50,6 +50,7 @@ from optuna.trial import TrialState
 from sweeper.clipping import ClipMethod
 from sweeper.config import RecommendConf
 from sweeper.errors import ConfigError
+from sweeper.histogram import NormHistogram
 from sweeper.names import STATUS_ATTR
 from sweeper.recommendation import (
     Recommendation,
@@ -59,7 +60,6 @@ from sweeper.recommendation import (
     percentile_of,
     trial_norms,
 )
-from sweeper.telemetry import NormHistogram
 
 _THRESHOLD = "clip.threshold"
 _NEIGHBOURHOOD = 2.0

@@ -12,8 +12,9 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.clipping import ClipMethod
+from sweeper.histogram import NormHistogram
 from sweeper.names import CONFIG_ATTR, FIXED_ATTR, NORMS_ATTR, STATUS_ATTR
-from sweeper.telemetry import NormHistogram, NormSegments
+from sweeper.telemetry import NormSegments
 
 
 @dataclass

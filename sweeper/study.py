@@ -11,17 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import optuna
 from hydra.utils import instantiate
-from optuna.exceptions import ExperimentalWarning, StorageInternalError
-from optuna.storages import BaseStorage, RDBStorage
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
-from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError
 
 from sweeper.config import sweeper_settings
 from sweeper.errors import ConfigError
@@ -29,7 +27,6 @@ from sweeper.names import (
     FAIL_REASON_ATTR,
     PARENT_RUN_ENV,
     RUN_ID_ATTR,
-    STORAGE_ENV,
     STUDY_ENV,
     STUDY_TAG,
     SURPLUS_ATTR,
@@ -37,131 +34,12 @@ from sweeper.names import (
     TRIAL_NUMBER_ENV,
     TRIAL_NUMBER_TAG,
 )
+from sweeper.storage import open_storage, retrying, storage_url
 
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
-_OPEN_ATTEMPTS = 4
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, for every message and log line."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not an SQLAlchemy URL: mask anything between ':' and '@' after '//'
-        head, sep, tail = url.partition("//")
-        if sep and "@" in tail:
-            credentials, _, host = tail.rpartition("@")
-            if ":" in credentials:
-                credentials = credentials.split(":", 1)[0] + ":***"
-            return f"{head}//{credentials}@{host}"
-        return url
-
-
-def storage_url(configured: str | None) -> str:
-    """``CLIPSWEEP_STORAGE`` when set (credentials stay out of config files), else the config's."""
-    url = os.environ.get(STORAGE_ENV) or configured
-    if not url:
-        raise ConfigError("hydra.sweeper.storage", configured, f"a storage URL (or set {STORAGE_ENV})")
-    return url
-
-
-JOURNAL_PREFIX = "journal:"
-
-# Errors a database restart or a dropped connection produces; anything else is not retried.
-TRANSIENT = (OperationalError, DisconnectionError, StorageInternalError)
-
-
-def open_storage(
-    url: str, heartbeat_interval: int | None = None, grace_period: int | None = None, max_retry: int | None = None
-) -> BaseStorage:
-    """The study storage for ``url``; raises ConfigError (password masked) when it cannot be opened.
-
-    Any SQLAlchemy URL gives an RDB storage; a sweep's (``heartbeat_interval`` given: the sweep's
-    settings) has heartbeats, whose stale trials are failed and re-enqueued up to ``max_retry``
-    times, while a reader's (``recommend``, ``export``, ...) has none. ``journal:<file>`` gives
-    Optuna's journal storage (a log file with file locks: safe for local processes, but without
-    heartbeats, so a killed worker's trial stays RUNNING until the study is cleaned up by hand).
-    """
-    if url.startswith(JOURNAL_PREFIX):
-        return _journal_storage(url)
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite"):
-        # Several processes write one SQLite file (sweeper, jobs reporting intermediate values).
-        engine_kwargs["connect_args"] = {"timeout": 60}
-    else:
-        engine_kwargs["pool_pre_ping"] = True  # a connection dropped by a database restart is replaced
-    error: Exception | None = None
-    # Workers started together race to create the schema; a few short retries settle it.
-    for attempt in range(_OPEN_ATTEMPTS):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ExperimentalWarning)
-                # Optuna 4.9 renamed the stale-trial retry hook; older releases only have the old name.
-                if heartbeat_interval is None:
-                    return RDBStorage(url, engine_kwargs=engine_kwargs)
-                if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):
-                    retry = {
-                        "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry)
-                    }
-                else:
-                    retry = {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry)}
-                return RDBStorage(
-                    url,
-                    engine_kwargs=engine_kwargs,
-                    heartbeat_interval=heartbeat_interval,
-                    grace_period=grace_period,
-                    **retry,
-                )
-        except (ValueError, ImportError, ArgumentError) as err:  # a malformed URL or a missing driver
-            error = err
-            break
-        except Exception as err:
-            error = err
-            time.sleep(0.2 * 2**attempt)
-    raise _storage_error(url, error)
-
-
-def _storage_error(url: str, error: BaseException | None) -> ConfigError:
-    cause = error.__cause__ if isinstance(error, ImportError) and error.__cause__ is not None else error
-    reason = str(cause).strip().splitlines()[0] if cause is not None and str(cause).strip() else type(cause).__name__
-    if isinstance(cause, ModuleNotFoundError):  # Optuna's own message hides which module
-        reason = f"the database driver is not installed: {reason} (PostgreSQL: pip install 'clipsweep[postgres]')"
-    return ConfigError("hydra.sweeper.storage", mask_url(url), f"a database URL Optuna can open ({mask_url(reason)})")
-
-
-def _journal_storage(url: str) -> BaseStorage:
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    path = url[len(JOURNAL_PREFIX) :].removeprefix("//")
-    if not path or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-        raise ConfigError("hydra.sweeper.storage", url, "journal:<file> in an existing directory")
-    try:
-        return JournalStorage(JournalFileBackend(path))
-    except Exception as err:
-        raise _storage_error(url, err) from None
-
-
-def retrying(call: Callable[..., T], *args: Any, patience: float = 300.0, **kwargs: Any) -> T:
-    """``call(*args)``, retried with backoff while the database is unreachable (e.g. restarting).
-
-    Gives up after ``patience`` seconds and re-raises: a database that stays down ends the worker
-    with its error rather than hanging it.
-    """
-    delay, waited = 0.5, 0.0
-    while True:
-        try:
-            return call(*args, **kwargs)
-        except TRANSIENT as err:
-            if waited >= patience:
-                raise
-            _log.warning("storage unavailable (%s); retrying in %.1f s", str(err).splitlines()[0][:200], delay)
-            time.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 15.0)
 
 
 def open_study(

@@ -59,7 +59,7 @@ def _open_study(options: argparse.Namespace) -> tuple[Any, str]:
     import optuna
 
     from sweeper.config import SweeperConf
-    from sweeper.study import mask_url, open_storage, storage_url
+    from sweeper.storage import mask_url, open_storage, storage_url
 
     if not options.study:
         raise ConfigError("--study", None, "the name of a stored study")
@@ -182,7 +182,7 @@ def _resolve_run_id(options: argparse.Namespace) -> None:
 def export_command(args: Sequence[str]) -> int:
     """Export the best trial's or the recommended clip config as a clip/ group file, JSON or Python."""
     from sweeper.export import ExportFormat, Which, choose, refuse_existing, render, source, write
-    from sweeper.study import mask_url
+    from sweeper.storage import mask_url
 
     parser = _study_parser("export", export_command.__doc__)
     parser.add_argument("--run-id", default=None, help="a sweep's parent MLflow run id instead of --study")

@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from sweeper.composition import compose
 from sweeper.errors import ConfigError
 from sweeper.export import ExportFormat, Which, choose, load_clip, render, source, write
+from sweeper.histogram import NormHistogram
 from sweeper.recommendation import Recommendation, TrialNorms
-from sweeper.telemetry import NormHistogram
 from sweeper.validation import Arm, Validation
 
 ORIGIN = {

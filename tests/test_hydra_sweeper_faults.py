@@ -69,7 +69,7 @@ def test_sweep_fault_at_each_stage_ends_with_its_code_and_nothing_running(
         code = 1
     elif stage == "in tell":
         monkeypatch.setattr(studies, "tell", _tell_fails_for_results)
-        monkeypatch.setattr(studies, "retrying", lambda fn, *a, **k: fn(*a, **k))  # no 30 s of retries
+        monkeypatch.setattr("sweeper.hydra_sweeper.retrying", lambda fn, *a, **k: fn(*a, **k))  # no 30 s of retries
         code = 1
     else:
         target, code = STAGES[stage]

@@ -94,7 +94,7 @@ def test_joblib_jobs_split_the_cores_between_them(tmp_path: Path) -> None:
 def test_journal_storage_runs_a_sweep(tmp_path: Path) -> None:
     run_sweep(tmp_path, "hydra.sweeper.storage=journal:clipsweep.journal", "hydra.sweeper.study_name=j",
               *COMMON, "hydra.sweeper.n_trials=2", "tracking.enabled=false")  # fmt: skip
-    from sweeper.study import open_storage
+    from sweeper.storage import open_storage
 
     study = optuna.load_study(study_name="j", storage=open_storage(f"journal:{tmp_path / 'clipsweep.journal'}"))
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2

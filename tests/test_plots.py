@@ -8,8 +8,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from sweeper.histogram import NormHistogram
 from sweeper.plots import norm_histogram_png
-from sweeper.telemetry import NormHistogram
 
 AXES_LEFT, AXES_RIGHT = 64, 624
 GREEN, ORANGE, RED, BLACK, PURPLE = (44, 160, 44), (255, 127, 14), (214, 39, 40), (0, 0, 0), (148, 103, 189)

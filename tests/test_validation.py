@@ -8,8 +8,8 @@ import math
 import numpy as np
 from omegaconf import OmegaConf
 
+from sweeper.histogram import NormHistogram
 from sweeper.recommendation import Recommendation, TrialNorms
-from sweeper.telemetry import NormHistogram
 from sweeper.tracking import NullTracker
 from sweeper.training import build, train
 from sweeper.validation import Validation, validate

@@ -12,26 +12,27 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from sweeper import storage as storages
 from sweeper import study as studies
 from sweeper.errors import ConfigError
 from sweeper.names import STORAGE_ENV
 
 
 def test_open_storage_postgres_shares_a_study_between_connections(postgres_url: str) -> None:
-    first = studies.open_study(studies.open_storage(postgres_url), "shared", ["minimize"])
+    first = studies.open_study(storages.open_storage(postgres_url), "shared", ["minimize"])
     trial = first.ask()
     first.tell(trial, 0.5)
-    second = studies.open_study(studies.open_storage(postgres_url), "shared", ["minimize"])
+    second = studies.open_study(storages.open_storage(postgres_url), "shared", ["minimize"])
     assert [t.value for t in second.get_trials()] == [0.5]
     with pytest.raises(ConfigError, match=r"hydra\.sweeper\.direction=\['maximize'\]"):
-        studies.open_study(studies.open_storage(postgres_url), "shared", ["maximize"])
+        studies.open_study(storages.open_storage(postgres_url), "shared", ["maximize"])
 
 
 def test_open_storage_refuses_a_missing_postgres_database_with_the_password_masked(postgres_url: str) -> None:
     # Needs the server itself (the fixture skips or fails without it): only it can say "does not exist".
     server = postgres_url.rsplit("/", 1)[0].replace("postgres@", "postgres:s3cret@")
     with pytest.raises(ConfigError) as info:
-        studies.open_storage(f"{server}/no_such_database_here")
+        storages.open_storage(f"{server}/no_such_database_here")
     assert "does not exist" in str(info.value) and "s3cret" not in str(info.value)
 
 
@@ -48,7 +49,7 @@ def test_open_storage_refuses_a_missing_postgres_database_with_the_password_mask
 )
 def test_open_storage_refuses_bad_urls_with_the_password_masked(url: str, reason: str) -> None:
     with pytest.raises(ConfigError) as info:
-        studies.open_storage(url)
+        storages.open_storage(url)
     message = str(info.value)
     assert message.startswith("hydra.sweeper.storage=") and reason in message
     assert "s3cret" not in message
@@ -66,21 +67,21 @@ def test_open_storage_refuses_bad_urls_with_the_password_masked(url: str, reason
     ],
 )
 def test_mask_url_hides_passwords(url: str, masked: str) -> None:
-    assert studies.mask_url(url) == masked
+    assert storages.mask_url(url) == masked
 
 
 def test_storage_url_prefers_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(STORAGE_ENV, "postgresql://127.0.0.1/from-env")
-    assert studies.storage_url("sqlite:///config.db") == "postgresql://127.0.0.1/from-env"
+    assert storages.storage_url("sqlite:///config.db") == "postgresql://127.0.0.1/from-env"
     monkeypatch.delenv(STORAGE_ENV)
-    assert studies.storage_url("sqlite:///config.db") == "sqlite:///config.db"
+    assert storages.storage_url("sqlite:///config.db") == "sqlite:///config.db"
 
 
 def test_open_storage_journal_file_holds_a_study(tmp_path: Path) -> None:
     url = f"journal:{tmp_path / 'clipsweep.journal'}"
-    study = studies.open_study(studies.open_storage(url), "j", ["minimize"])
+    study = studies.open_study(storages.open_storage(url), "j", ["minimize"])
     study.tell(study.ask(), 1.0)
-    again = optuna.load_study(study_name="j", storage=studies.open_storage(url))
+    again = optuna.load_study(study_name="j", storage=storages.open_storage(url))
     assert [t.state for t in again.get_trials()] == [TrialState.COMPLETE]
     with studies.Heartbeat(study._storage, 1) as heartbeat:  # no heartbeats on a journal: a no-op
         heartbeat.add(again.ask()._trial_id)
@@ -93,14 +94,14 @@ def _cluster(action: str) -> None:
 
 @pytest.mark.skipif(shutil.which("pg_ctlcluster") is None, reason="needs pg_ctlcluster to restart PostgreSQL")
 def test_retrying_rides_out_a_postgres_restart(postgres_url: str) -> None:
-    study = studies.open_study(studies.open_storage(postgres_url), "restart", ["minimize"])
+    study = studies.open_study(storages.open_storage(postgres_url), "restart", ["minimize"])
     study.tell(study.ask(), 1.0)
     _cluster("stop")
     starter = threading.Timer(3.0, _cluster, args=("start",))
     try:
         starter.start()
         started = time.monotonic()
-        trial = studies.retrying(study.ask, patience=120)  # fails while the server is down, then goes on
+        trial = storages.retrying(study.ask, patience=120)  # fails while the server is down, then goes on
         study.tell(trial, 2.0)
         assert time.monotonic() - started >= 2.5
         assert [t.value for t in study.get_trials()] == [1.0, 2.0]
