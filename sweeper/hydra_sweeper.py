@@ -54,6 +54,7 @@ from sweeper.names import (
     TRIAL_STATE_TAG,
 )
 from sweeper.plan import SweepPlan, open_planned_study, plan_sweep
+from sweeper.progress import sweep_eta
 from sweeper.search_space import format_value
 from sweeper.storage import TRANSIENT, mask_url, retrying
 from sweeper.tracking import Tracker, make_tracker, masked
@@ -315,7 +316,8 @@ class OptunaSweeper(Sweeper):
             best = f" | best {study.best_value:.5g} (trial {study.best_trial.number})"
         return (
             f"[clipsweep] trials {done}/{plan.n_trials} done, {by_state[TrialState.RUNNING]} running | "
-            f"pruned {by_state[TrialState.PRUNED]} | failed {len(studies.failed_trials(study))}{best}"
+            f"pruned {by_state[TrialState.PRUNED]} | failed {len(studies.failed_trials(study))}{best} | "
+            f"ETA {sweep_eta(trials, plan.n_trials, plan.n_jobs)}"
         )
 
     def _best_config(self, overrides: Sequence[str]) -> dict[str, Any]:

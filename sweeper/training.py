@@ -28,6 +28,7 @@ from sweeper.config import NonFinite
 from sweeper.errors import ConfigError
 from sweeper.names import CLIP_METHOD_TAG, DEVICE_TAG, STATUS_TAG, STEPS_DONE_TAG
 from sweeper.plots import norm_histogram_png
+from sweeper.progress import RunProgress
 from sweeper.tasks import Task, model_kwargs
 from sweeper.tasks import metrics as task_metrics
 from sweeper.telemetry import RunSummary, Telemetry, Window, steps_csv
@@ -327,6 +328,8 @@ def train(
         list(setup.model.named_parameters()), int(config.tracking.log_every), setup.device, total_steps=steps
     )
     trainer = Trainer(setup, telemetry)
+    progress = RunProgress(steps, run_name or str(config.tracking.run_name or "run"))
+    norm = math.nan
     resolved = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
     tracker.start_run(
         run_name or config.tracking.run_name,
@@ -353,6 +356,9 @@ def train(
                 windows.append(window)
                 tracker.log_metrics(window.metrics())
                 train_loss = _mean_finite(window.values["train/loss"])
+                norms = window.values["grad/norm"][window.finite]
+                norm = float(np.median(norms)) if norms.size else norm
+                progress.window(done, train_loss, norm)
                 thresholds = window.values["grad/threshold"][window.finite]
                 last_threshold = float(thresholds[-1]) if thresholds.size else last_threshold
                 if not window.finite.any() or (fail_on_nonfinite and not window.finite.all()):
@@ -360,6 +366,7 @@ def train(
                     break
             if done % eval_every == 0 or last:
                 val = trainer.evaluate()
+                progress.evaluated(done, train_loss, norm, val)
                 tracker.log_metrics((k, v, done) for k, v in val.items())
                 if not math.isfinite(val["val/loss"]):
                     status = "diverged"
@@ -371,5 +378,7 @@ def train(
     except BaseException as err:
         tracker.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
+    finally:
+        progress.close()
     tracker.end_run(RUN_STATUS[status])
     return RunResult(status, done, train_loss, val, telemetry.summary, tracker.describe())

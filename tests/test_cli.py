@@ -47,6 +47,9 @@ def test_cli_run_records_metrics_params_and_artifacts_in_mlflow(tmp_path: Path) 
     assert done.returncode == 0, done.stderr
     assert "status: finished after 60 steps" in done.stdout
     assert "grad norm: p50" in done.stdout and "tracking: MLflow run" in done.stdout
+    progress = [line for line in done.stdout.splitlines() if line.startswith("[run] step ")]
+    assert [p.split(" | ")[0] for p in progress] == ["[run] step 30/60", "[run] step 60/60"]  # live, one per eval
+    assert all("val/loss" in p and "ETA" in p for p in progress)
 
     client, run = _only_run(tmp_path / "mlflow.db")
     assert run.info.status == "FINISHED"
