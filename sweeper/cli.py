@@ -25,6 +25,7 @@ commands:
   sweep  search with Optuna (= clipsweep run --multirun): clipsweep sweep hydra.sweeper.n_trials=40
   init   create a study before workers join it: clipsweep init hydra.sweeper.study_name=big
   ui     open the MLflow UI on the tracking store: clipsweep ui [--port 5000] [--tracking-uri URI]
+  dashboard  optuna-dashboard on the study storage: clipsweep dashboard [--port 8080] [--storage URL]
   recommend  the recommended threshold of a stored study: clipsweep recommend --study NAME [--validate 3]
   export     write the best/recommended clip config: clipsweep export --study NAME --out conf/clip/best.yaml
   report     top trials, recommendation and norm figure: clipsweep report --study NAME
@@ -141,11 +142,39 @@ def ui_command(args: Sequence[str]) -> int:
     return 0  # not reached
 
 
+def dashboard_command(args: Sequence[str]) -> int:
+    """optuna-dashboard on the study storage clipsweep sweeps into, bound to 127.0.0.1: every study's
+    trials, intermediate values and plots, live while a sweep runs (the MLflow UI shows the runs)."""
+    import argparse
+    import importlib.util
+
+    from sweeper.config import SweeperConf
+    from sweeper.storage import JOURNAL_PREFIX, mask_url, storage_url
+
+    parser = argparse.ArgumentParser(prog="clipsweep dashboard", description=dashboard_command.__doc__)
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument(
+        "--storage", default=None, help=f"Optuna storage URL (default: $CLIPSWEEP_STORAGE, else {SweeperConf.storage})"
+    )
+    options = parser.parse_args(list(args))
+    if importlib.util.find_spec("optuna_dashboard") is None:
+        raise ConfigError("clipsweep dashboard", "optuna-dashboard", "installed: pip install 'clipsweep[dashboard]'")
+    url = storage_url(options.storage or SweeperConf.storage)
+    if url.startswith(JOURNAL_PREFIX):
+        url = url[len(JOURNAL_PREFIX) :]  # optuna-dashboard opens a journal file by its path
+    command = [sys.executable, "-c", "from optuna_dashboard._cli import main; main()", url,
+               "--host", "127.0.0.1", "--port", str(options.port)]  # fmt: skip
+    print(f"Optuna dashboard for {mask_url(url)} at http://127.0.0.1:{options.port}", flush=True)
+    os.execv(sys.executable, command)
+    return 0  # not reached
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "run": run_command,
     "sweep": sweep_command,
     "init": init_command,
     "ui": ui_command,
+    "dashboard": dashboard_command,
     "recommend": study_commands.recommend_command,
     "export": study_commands.export_command,
     "report": study_commands.report_command,

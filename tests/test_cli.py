@@ -375,3 +375,29 @@ def test_cli_ui_serves_the_tracking_store_on_loopback(tmp_path: Path) -> None:
     finally:
         ui.terminate()
         ui.wait(timeout=30)
+
+
+def test_cli_dashboard_serves_the_study_storage_on_loopback(swept: Path, tmp_path: Path) -> None:
+    import json
+    import time
+    import urllib.request
+
+    port = free_port()
+    dashboard = subprocess.Popen(
+        [sys.executable, "-m", "sweeper", "dashboard", "--port", str(port),
+         "--storage", f"sqlite:///{swept / 'clipsweep.db'}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline, studies = time.time() + 120, None
+        while time.time() < deadline and studies is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
+                    studies = json.loads(response.read())["study_summaries"]
+            except OSError:
+                assert dashboard.poll() is None, dashboard.stdout.read()
+                time.sleep(0.5)
+        assert studies is not None and [s["study_name"] for s in studies] == [SWEPT_STUDY]
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
