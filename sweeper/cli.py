@@ -120,6 +120,11 @@ def init_command(args: Sequence[str]) -> int:
 
 
 def sweep_command(args: Sequence[str]) -> int:
+    if any(a in ("-h", "--help") for a in args):  # Hydra's --help is run's: it lists no hydra.sweeper key
+        from sweeper.config import sweeper_help
+
+        print(sweeper_help())
+        return 0
     error = validate_sweep_line(args)
     if error is not None:
         return _fail(error)
