@@ -19,9 +19,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from sweeper.composition import compose
-from sweeper.tracking import make_tracker
-from sweeper.training import build, train
+from clipsweep.composition import compose
+from clipsweep.tracking import make_tracker
+from clipsweep.training import build, train
 
 
 def free_port() -> int:

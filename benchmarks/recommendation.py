@@ -28,15 +28,14 @@ import tempfile
 import time
 
 import optuna
+from clipsweep.calibrate import CalibrateSettings, calibrate
+from clipsweep.cli import main
+from clipsweep.composition import compose
+from clipsweep.names import CONFIG_ATTR
+from clipsweep.recommend import RecommendSettings, recommend
+from clipsweep.tracking import NullTracker
+from clipsweep.validation import retrain
 from optuna.trial import TrialState
-
-from sweeper.calibrate import CalibrateSettings, calibrate
-from sweeper.cli import main
-from sweeper.composition import compose
-from sweeper.names import CONFIG_ATTR
-from sweeper.recommend import RecommendSettings, recommend
-from sweeper.tracking import NullTracker
-from sweeper.validation import retrain
 
 DIGITS_DATA = ["task=digits", "train.batch_size=64", "train.steps=1200", "train.eval_every=200"]
 DIGITS = [*DIGITS_DATA, "optim=sgd", "optim.momentum=0.9"]

@@ -39,7 +39,7 @@ def admin(statement: str) -> None:
 
 
 def sweep(cwd: Path, workers: int, study: str, trials: int, steps: int, env: dict[str, str]) -> None:
-    command = [sys.executable, "-m", "sweeper", "sweep", f"hydra.sweeper.study_name={study}",
+    command = [sys.executable, "-m", "clipsweep", "sweep", f"hydra.sweeper.study_name={study}",
                f"hydra.sweeper.n_trials={trials}", f"train.steps={steps}", "train.threads=1",
                "search=threshold", "hydra/sweeper/pruner=none", "hydra.sweeper.seed=0"]  # fmt: skip
     processes = [

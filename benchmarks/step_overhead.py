@@ -16,10 +16,9 @@ import statistics
 import time
 
 import torch
-
-from sweeper.composition import compose
-from sweeper.telemetry import Telemetry
-from sweeper.training import Trainer, build
+from clipsweep.composition import compose
+from clipsweep.telemetry import Telemetry
+from clipsweep.training import Trainer, build
 
 
 def _sync(device: torch.device) -> None:

@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 
 import optuna
-
-from sweeper.cli import main
-from sweeper.composition import compose
-from sweeper.search_space import format_value
-from sweeper.tracking import make_tracker
-from sweeper.training import build, train
+from clipsweep.cli import main
+from clipsweep.composition import compose
+from clipsweep.search_space import format_value
+from clipsweep.tracking import make_tracker
+from clipsweep.training import build, train
 
 
 def main_benchmark() -> None:

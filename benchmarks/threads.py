@@ -23,7 +23,7 @@ import time
 
 
 def _start(cwd: str, steps: int, extra: list[str]) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "sweeper", "run", f"train.steps={steps}", "tracking.enabled=false", *extra]
+    args = [sys.executable, "-m", "clipsweep", "run", f"train.steps={steps}", "tracking.enabled=false", *extra]
     return subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -1,5 +1,5 @@
 """Recurrent models trained by clipsweep; any class honouring the same contract plugs in via `_target_`."""
 
-from models.rnn import Cell, RNNModel
+from clipsweep.models.rnn import Cell, RNNModel
 
 __all__ = ["Cell", "RNNModel"]

@@ -3,9 +3,9 @@
 The public names are re-exported here once; everything else is reached through its module.
 """
 
-from sweeper.clipping import ClipMethod, Clipper, ClipStats, make_clipper
-from sweeper.errors import ConfigError
-from sweeper.histogram import NormHistogram
-from sweeper.loop import GradClipper
+from clipsweep.clipping import ClipMethod, Clipper, ClipStats, make_clipper
+from clipsweep.errors import ConfigError
+from clipsweep.histogram import NormHistogram
+from clipsweep.loop import GradClipper
 
 __all__ = ["ClipMethod", "ClipStats", "Clipper", "ConfigError", "GradClipper", "NormHistogram", "make_clipper"]

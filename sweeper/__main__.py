@@ -2,6 +2,6 @@
 
 import sys
 
-from sweeper.cli import main
+from clipsweep.cli import main
 
 sys.exit(main())

@@ -31,14 +31,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from clipsweep.errors import ConfigError
+from clipsweep.histogram import NormHistogram
+from clipsweep.names import ROLE_TAG
+from clipsweep.telemetry import Telemetry
+from clipsweep.tracking import Tracker
+from clipsweep.training import RunResult, Trainer, build, train
 from omegaconf import DictConfig, OmegaConf
-
-from sweeper.errors import ConfigError
-from sweeper.histogram import NormHistogram
-from sweeper.names import ROLE_TAG
-from sweeper.telemetry import Telemetry
-from sweeper.tracking import Tracker
-from sweeper.training import RunResult, Trainer, build, train
 
 
 def _setting(default: Any, help: str) -> Any:

@@ -11,12 +11,12 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from sweeper import study_commands
-from sweeper.composition import compose, conf_dir, split_hydra_args
-from sweeper.errors import ConfigError, SweepFailed, UsageError
-from sweeper.job import run_job
-from sweeper.names import STORAGE_ENV, TRACKING_URI_ENV
-from sweeper.preflight import MULTIRUN_FLAGS, plan_sweep_line, validate_command_line, validate_sweep_line
+from clipsweep import study_commands
+from clipsweep.composition import compose, conf_dir, split_hydra_args
+from clipsweep.errors import ConfigError, SweepFailed, UsageError
+from clipsweep.job import run_job
+from clipsweep.names import STORAGE_ENV, TRACKING_URI_ENV
+from clipsweep.preflight import MULTIRUN_FLAGS, plan_sweep_line, validate_command_line, validate_sweep_line
 
 USAGE = """usage: clipsweep <command> [hydra overrides and flags]
 
@@ -53,8 +53,7 @@ def _register_sweeper() -> None:
 
 def run_command(args: Sequence[str], validated: bool = False) -> int:
     import hydra
-
-    from sweeper.config import register_schemas
+    from clipsweep.config import register_schemas
 
     if not validated:
         error = (validate_sweep_line if any(a in MULTIRUN_FLAGS for a in args) else validate_command_line)(args)
@@ -96,9 +95,9 @@ def run_command(args: Sequence[str], validated: bool = False) -> int:
 
 def init_command(args: Sequence[str]) -> int:
     """Create the study (and the storage's tables) once, before N workers start and race to do it."""
-    from sweeper.plan import open_planned_study
-    from sweeper.storage import mask_url
-    from sweeper.study import counted_trials
+    from clipsweep.plan import open_planned_study
+    from clipsweep.storage import mask_url
+    from clipsweep.study import counted_trials
 
     if any(a in ("-h", "--help") for a in args):
         print(
@@ -121,7 +120,7 @@ def init_command(args: Sequence[str]) -> int:
 
 def sweep_command(args: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in args):  # Hydra's --help is run's: it lists no hydra.sweeper key
-        from sweeper.config import sweeper_help
+        from clipsweep.config import sweeper_help
 
         print(sweeper_help())
         return 0
@@ -153,8 +152,8 @@ def dashboard_command(args: Sequence[str]) -> int:
     import argparse
     import importlib.util
 
-    from sweeper.config import SweeperConf
-    from sweeper.storage import JOURNAL_PREFIX, mask_url, storage_url
+    from clipsweep.config import SweeperConf
+    from clipsweep.storage import JOURNAL_PREFIX, mask_url, storage_url
 
     parser = argparse.ArgumentParser(prog="clipsweep dashboard", description=dashboard_command.__doc__)
     parser.add_argument("--port", type=int, default=8080)
@@ -225,7 +224,7 @@ def _secrets_to_environment(args: Sequence[str]) -> list[str]:
     the command line (``.hydra/*.yaml``, job overrides, the sweep's parent run) holds the password;
     the storage override stays, masked, to show where the study lives."""
 
-    from sweeper.storage import mask_url
+    from clipsweep.storage import mask_url
 
     variables = {"hydra.sweeper.storage": STORAGE_ENV, "tracking.uri": TRACKING_URI_ENV}
     kept = []

@@ -9,17 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clipsweep.errors import ConfigError
 from omegaconf import DictConfig
 
-from sweeper.errors import ConfigError
-
 if TYPE_CHECKING:
-    from sweeper.training import Setup
+    from clipsweep.training import Setup
 
 
 def conf_dir() -> Path:
-    """``conf/``: the installed copy (package ``clipsweep_conf``) or the checkout's."""
-    spec = importlib.util.find_spec("clipsweep_conf")
+    """``conf/``: the installed copy (``clipsweep.conf``) or the checkout's."""
+    spec = importlib.util.find_spec("clipsweep.conf")
     if spec is not None and spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))
     return Path(__file__).resolve().parent.parent / "conf"
@@ -63,10 +62,9 @@ def compose(
     return_hydra_config: bool = False,
 ) -> DictConfig:
     """Compose ``conf/`` (plus a user's config dir) exactly as ``clipsweep run`` would."""
+    from clipsweep.config import register_schemas
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-
-    from sweeper.config import register_schemas
 
     register_schemas()
     extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
@@ -89,8 +87,8 @@ def one_line(err: BaseException) -> str:
 
 def require_buildable(config: DictConfig) -> Setup:
     """Build the run's parts and check its tracking store (the checks shared by run and sweep)."""
-    from sweeper.tracking import make_tracker
-    from sweeper.training import build
+    from clipsweep.tracking import make_tracker
+    from clipsweep.training import build
 
     setup = build(config)
     make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)

@@ -9,16 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from clipsweep.export import ExportFormat, Which, choose, render, reproduce_command, source
+from clipsweep.names import BEST_TRIAL_TAG, CONCLUDED_ATTR, FAIL_REASON_ATTR, STATUS_ATTR, VALIDATION_ATTR
+from clipsweep.plan import SweepPlan
+from clipsweep.recommend import recommend
+from clipsweep.report import log_recommendation, trials_table
+from clipsweep.storage import mask_url
+from clipsweep.tracking import Tracker
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
-
-from sweeper.export import ExportFormat, Which, choose, render, reproduce_command, source
-from sweeper.names import BEST_TRIAL_TAG, CONCLUDED_ATTR, FAIL_REASON_ATTR, STATUS_ATTR, VALIDATION_ATTR
-from sweeper.plan import SweepPlan
-from sweeper.recommend import recommend
-from sweeper.report import log_recommendation, trials_table
-from sweeper.storage import mask_url
-from sweeper.tracking import Tracker
 
 
 def write_results(
@@ -111,7 +110,7 @@ def conclude(
     validation = None
     lines = [recommendation.describe()]
     if plan.validate:
-        from sweeper.validation import validate
+        from clipsweep.validation import validate
 
         validation = validate(recommendation, plan.validate, tracking, parent.run_id)
         lines.append(validation.describe())

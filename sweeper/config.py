@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from clipsweep.clipping import ClipMethod, clip_schema
+from clipsweep.models.rnn import Cell
+from clipsweep.names import TRACKING_URI_ENV
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
-
-from models.rnn import Cell
-from sweeper.clipping import ClipMethod, clip_schema
-from sweeper.names import TRACKING_URI_ENV
 
 
 class NonFinite(str, Enum):
@@ -33,7 +32,7 @@ class NonFinite(str, Enum):
 
 @dataclass
 class RNNModelConf:
-    _target_: str = "models.RNNModel"
+    _target_: str = "clipsweep.models.RNNModel"
     cell: Cell = Cell.lstm
     hidden_size: int = 64
     num_layers: int = 1
@@ -42,7 +41,7 @@ class RNNModelConf:
 
 @dataclass
 class AddingConf:
-    _target_: str = "sweeper.tasks.AddingTask"
+    _target_: str = "clipsweep.tasks.AddingTask"
     seq_len: int = 50
     val_size: int = 1000
     val_seed: int = 0
@@ -50,7 +49,7 @@ class AddingConf:
 
 @dataclass
 class CopyMemoryConf:
-    _target_: str = "sweeper.tasks.CopyMemoryTask"
+    _target_: str = "clipsweep.tasks.CopyMemoryTask"
     delay: int = 50
     n_symbols: int = 8
     copy_len: int = 10
@@ -60,14 +59,14 @@ class CopyMemoryConf:
 
 @dataclass
 class DigitsConf:
-    _target_: str = "sweeper.tasks.DigitsTask"
+    _target_: str = "clipsweep.tasks.DigitsTask"
     val_fraction: float = 0.2
     split_seed: int = 0
 
 
 @dataclass
 class TextCSVConf:
-    _target_: str = "sweeper.tasks.TextCSVTask"
+    _target_: str = "clipsweep.tasks.TextCSVTask"
     path: str = MISSING
     text_column: str = "text"
     label_column: str = "label"

@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-
-from sweeper.clipping import ClipMethod
-from sweeper.errors import ConfigError
-from sweeper.recommendation import Recommendation, TrialNorms
-from sweeper.validation import Validation
+from clipsweep.clipping import ClipMethod
+from clipsweep.errors import ConfigError
+from clipsweep.recommendation import Recommendation, TrialNorms
+from clipsweep.validation import Validation
 
 if TYPE_CHECKING:
-    from sweeper.calibrate import Calibration
+    from clipsweep.calibrate import Calibration
 
 
 class ExportFormat(str, Enum):
@@ -212,7 +211,7 @@ def _python(clip: Mapping[str, Any], method: ClipMethod) -> str:
             "    return norm"
         )
     else:  # adaptive methods keep state between steps: the library's clipper carries it
-        lines += ["from sweeper import GradClipper", "", f"_clipper = GradClipper.from_config({dict(clip)!r})", ""]
+        lines += ["from clipsweep import GradClipper", "", f"_clipper = GradClipper.from_config({dict(clip)!r})", ""]
         body = "    return _clipper(parameters)"
     lines += [
         "",

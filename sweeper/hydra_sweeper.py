@@ -21,17 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.core.plugins import Plugins
-from hydra.core.utils import JobReturn, JobStatus
-from hydra.plugins.sweeper import Sweeper
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
-from optuna.trial import FrozenTrial, Trial, TrialState
-
-from sweeper import study as studies
-from sweeper.conclusion import conclude, write_results
-from sweeper.errors import SweepFailed
-from sweeper.names import (
+from clipsweep import study as studies
+from clipsweep.conclusion import conclude, write_results
+from clipsweep.errors import SweepFailed
+from clipsweep.names import (
     CONFIG_ATTR,
     FAIL_REASON_ATTR,
     FIXED_ATTR,
@@ -53,11 +46,17 @@ from sweeper.names import (
     TRIAL_NUMBER_ENV,
     TRIAL_STATE_TAG,
 )
-from sweeper.plan import SweepPlan, open_planned_study, plan_sweep
-from sweeper.progress import sweep_eta
-from sweeper.search_space import format_value
-from sweeper.storage import TRANSIENT, mask_url, retrying
-from sweeper.tracking import Tracker, make_tracker, masked
+from clipsweep.plan import SweepPlan, open_planned_study, plan_sweep
+from clipsweep.progress import sweep_eta
+from clipsweep.search_space import format_value
+from clipsweep.storage import TRANSIENT, mask_url, retrying
+from clipsweep.tracking import Tracker, make_tracker, masked
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 _POLL_SECONDS = 2.0
 _FAILED_PREFIX = "sweep failed: "

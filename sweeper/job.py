@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
-    from sweeper.training import RunResult
+    from clipsweep.training import RunResult
 
 
 def _format_summary(result: RunResult) -> str:
@@ -41,11 +41,10 @@ def run_job(config: DictConfig) -> dict[str, Any]:
     and the resolved ``config`` (what an export of this trial writes). Inside a clipsweep sweep the job reports its
     validation objective to its Optuna trial and stops when the pruner says so.
     """
+    from clipsweep.study import TrialReporter
+    from clipsweep.tracking import make_tracker, masked
+    from clipsweep.training import build, train
     from hydra.core.hydra_config import HydraConfig
-
-    from sweeper.study import TrialReporter
-    from sweeper.tracking import make_tracker, masked
-    from sweeper.training import build, train
 
     setup = build(config)
     tracker = make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)

@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from clipsweep.clipping import Clipper, make_clipper
+from clipsweep.histogram import NormHistogram
+from clipsweep.telemetry import Telemetry
 from torch import Tensor
-
-from sweeper.clipping import Clipper, make_clipper
-from sweeper.histogram import NormHistogram
-from sweeper.telemetry import Telemetry
 
 
 class GradClipper:
@@ -47,7 +46,7 @@ class GradClipper:
     @classmethod
     def from_file(cls, path: str | Path, log_every: int = 100) -> GradClipper:
         """From a file written by ``clipsweep export`` (YAML clip group or JSON)."""
-        from sweeper.export import load_clip
+        from clipsweep.export import load_clip
 
         return cls(load_clip(Path(path)), log_every)
 

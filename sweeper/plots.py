@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from sweeper.histogram import NormHistogram
+from clipsweep.histogram import NormHistogram
 
 _WIDTH, _HEIGHT = 640, 360
 _LEFT, _TOP, _RIGHT, _BOTTOM = 64, 34, 624, 308

@@ -9,13 +9,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clipsweep.composition import check_buildable, compose, one_line, require_buildable, split_hydra_args
+from clipsweep.errors import ConfigError, UsageError
 from omegaconf import OmegaConf, open_dict
 
-from sweeper.composition import check_buildable, compose, one_line, require_buildable, split_hydra_args
-from sweeper.errors import ConfigError, UsageError
-
 if TYPE_CHECKING:
-    from sweeper.plan import SweepPlan
+    from clipsweep.plan import SweepPlan
 
 INFO_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc"}
 """Hydra flags after which no training happens, so there is nothing to pre-validate."""
@@ -57,12 +56,11 @@ def plan_sweep_line(args: Sequence[str]) -> SweepPlan:
     and its tracking store checked; then the sweeper's settings and search space are planned and
     the storage opened last, to refuse a study stored with another direction.
     """
+    from clipsweep.plan import plan_sweep
+    from clipsweep.storage import open_storage
+    from clipsweep.study import open_study_if_exists
+    from clipsweep.training import require_reported
     from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from sweeper.plan import plan_sweep
-    from sweeper.storage import open_storage
-    from sweeper.study import open_study_if_exists
-    from sweeper.training import require_reported
 
     overrides, config_dir, config_name = split_hydra_args([a for a in args if a not in MULTIRUN_FLAGS])
     try:
@@ -117,7 +115,7 @@ def _require_searched_keys(plan: SweepPlan, fixed: Sequence[str], config_dir: st
 
 def _require_creatable(directory: str) -> None:
     """``hydra.sweep.dir`` must be a directory this process can create, checked before any store is touched."""
-    from sweeper.export import unwritable
+    from clipsweep.export import unwritable
 
     problem = unwritable(Path(directory).absolute())
     if problem is not None:

@@ -44,15 +44,12 @@ from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState
-
-from sweeper.clipping import ClipMethod
-from sweeper.config import RecommendConf
-from sweeper.errors import ConfigError
-from sweeper.histogram import NormHistogram
-from sweeper.names import STATUS_ATTR
-from sweeper.recommendation import (
+from clipsweep.clipping import ClipMethod
+from clipsweep.config import RecommendConf
+from clipsweep.errors import ConfigError
+from clipsweep.histogram import NormHistogram
+from clipsweep.names import STATUS_ATTR
+from clipsweep.recommendation import (
     Recommendation,
     TrialNorms,
     compact,
@@ -60,6 +57,8 @@ from sweeper.recommendation import (
     percentile_of,
     trial_norms,
 )
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
 
 _THRESHOLD = "clip.threshold"
 _NEIGHBOURHOOD = 2.0

@@ -8,13 +8,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import optuna
+from clipsweep.names import RECOMMENDED_TAG, RECOMMENDED_TRIAL_TAG
+from clipsweep.plots import norm_histogram_png
+from clipsweep.recommendation import Recommendation
+from clipsweep.tracking import Tracker
+from clipsweep.validation import Validation
 from optuna.trial import TrialState
-
-from sweeper.names import RECOMMENDED_TAG, RECOMMENDED_TRIAL_TAG
-from sweeper.plots import norm_histogram_png
-from sweeper.recommendation import Recommendation
-from sweeper.tracking import Tracker
-from sweeper.validation import Validation
 
 
 def _value_text(value: Any) -> str:

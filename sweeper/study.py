@@ -16,14 +16,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import optuna
-from hydra.utils import instantiate
-from optuna.exceptions import ExperimentalWarning
-from optuna.storages import BaseStorage
-from optuna.trial import FrozenTrial, Trial, TrialState
-
-from sweeper.config import sweeper_settings
-from sweeper.errors import ConfigError
-from sweeper.names import (
+from clipsweep.config import sweeper_settings
+from clipsweep.errors import ConfigError
+from clipsweep.names import (
     FAIL_REASON_ATTR,
     PARENT_RUN_ENV,
     RUN_ID_ATTR,
@@ -34,7 +29,11 @@ from sweeper.names import (
     TRIAL_NUMBER_ENV,
     TRIAL_NUMBER_TAG,
 )
-from sweeper.storage import open_storage, retrying, storage_url
+from clipsweep.storage import open_storage, retrying, storage_url
+from hydra.utils import instantiate
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 

@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeper.errors import ConfigError, UsageError
-from sweeper.names import PARENT_RUN_ATTR, ROLE_TAG, STORAGE_TAG, STUDY_TAG, TRACKING_URI_ATTR, VALIDATION_ATTR
+from clipsweep.errors import ConfigError, UsageError
+from clipsweep.names import PARENT_RUN_ATTR, ROLE_TAG, STORAGE_TAG, STUDY_TAG, TRACKING_URI_ATTR, VALIDATION_ATTR
 
 if TYPE_CHECKING:
-    from sweeper.tracking import Tracker
+    from clipsweep.tracking import Tracker
 
 _MASKED = "***"
 
@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _study_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    from sweeper.config import RecommendConf, SweeperConf
+    from clipsweep.config import RecommendConf, SweeperConf
 
     parser = _Parser(prog=f"clipsweep {prog}", description=description)
     parser.add_argument("--study", help="study name (hydra.sweeper.study_name of the sweep)")
@@ -57,9 +57,8 @@ def _study_parser(prog: str, description: str) -> argparse.ArgumentParser:
 def _open_study(options: argparse.Namespace) -> tuple[Any, str]:
     """The stored study; refuses a missing storage file or an unknown study without creating either."""
     import optuna
-
-    from sweeper.config import SweeperConf
-    from sweeper.storage import mask_url, open_storage, storage_url
+    from clipsweep.config import SweeperConf
+    from clipsweep.storage import mask_url, open_storage, storage_url
 
     if not options.study:
         raise ConfigError("--study", None, "the name of a stored study")
@@ -74,8 +73,8 @@ def _open_study(options: argparse.Namespace) -> tuple[Any, str]:
 
 
 def _recommend(options: argparse.Namespace) -> tuple[Any, Any, Any, str]:
-    from sweeper.recommend import RecommendSettings, recommend
-    from sweeper.validation import Validation, validate
+    from clipsweep.recommend import RecommendSettings, recommend
+    from clipsweep.validation import Validation, validate
 
     if options.validate < 0:
         raise ConfigError("--validate", options.validate, "a number of seeds >= 0")
@@ -111,7 +110,7 @@ def _objective(study: Any, requested: str | None) -> str:
 
 
 def _tracking_uri(study: Any, options: argparse.Namespace) -> str:
-    from sweeper.config import default_tracking_uri
+    from clipsweep.config import default_tracking_uri
 
     stored = study.user_attrs.get(TRACKING_URI_ATTR)
     if stored and _MASKED in stored:  # its password is not stored: $MLFLOW_TRACKING_URI has it
@@ -126,7 +125,7 @@ def _parent_run_id(study: Any) -> str | None:
 
 def _parent_tracker(study: Any, options: argparse.Namespace) -> Any:
     """A tracker writing to the study's last parent run, or None when there is none to write to."""
-    from sweeper.tracking import make_tracker
+    from clipsweep.tracking import make_tracker
 
     run_id = _parent_run_id(study)
     if run_id is None:
@@ -152,7 +151,7 @@ def _write_to_parent(study: Any, options: argparse.Namespace, write: Callable[[T
 
 def recommend_command(args: Sequence[str]) -> int:
     """Recompute the recommendation from the stored study; --validate K retrains it against the best."""
-    from sweeper.report import log_recommendation
+    from clipsweep.report import log_recommendation
 
     options = _study_parser("recommend", recommend_command.__doc__).parse_args(list(args))
     study, recommendation, validation, _ = _recommend(options)
@@ -165,8 +164,8 @@ def recommend_command(args: Sequence[str]) -> int:
 
 def _resolve_run_id(options: argparse.Namespace) -> None:
     """``--run-id``: the parent run names its study (and, unless masked, its storage) in its tags."""
-    from sweeper.config import default_tracking_uri
-    from sweeper.tracking import make_tracker
+    from clipsweep.config import default_tracking_uri
+    from clipsweep.tracking import make_tracker
 
     uri = options.tracking_uri or default_tracking_uri()
     tags = make_tracker(uri, "clipsweep", True).run_tags(options.run_id)
@@ -181,8 +180,8 @@ def _resolve_run_id(options: argparse.Namespace) -> None:
 
 def export_command(args: Sequence[str]) -> int:
     """Export the best trial's or the recommended clip config as a clip/ group file, JSON or Python."""
-    from sweeper.export import ExportFormat, Which, choose, refuse_existing, render, source, write
-    from sweeper.storage import mask_url
+    from clipsweep.export import ExportFormat, Which, choose, refuse_existing, render, source, write
+    from clipsweep.storage import mask_url
 
     parser = _study_parser("export", export_command.__doc__)
     parser.add_argument("--run-id", default=None, help="a sweep's parent MLflow run id instead of --study")
@@ -216,8 +215,8 @@ def export_command(args: Sequence[str]) -> int:
 def trials_command(args: Sequence[str]) -> int:
     """Every trial of a study: state, outcome (completed, pruned, diverged, failed), objective, params,
     clip fraction and failure reason."""
-    from sweeper.config import SweeperConf
-    from sweeper.trials import FORMATS, render, rows
+    from clipsweep.config import SweeperConf
+    from clipsweep.trials import FORMATS, render, rows
 
     parser = _Parser(prog="clipsweep trials", description=trials_command.__doc__)
     parser.add_argument("--study", help="study name (hydra.sweeper.study_name of the sweep)")
@@ -234,8 +233,8 @@ def trials_command(args: Sequence[str]) -> int:
 
 def report_command(args: Sequence[str]) -> int:
     """Top trials, the recommendation with its evidence, and a PNG of the pooled norm distribution."""
-    from sweeper.export import refuse_existing
-    from sweeper.report import log_recommendation, recommendation_png, trials_table
+    from clipsweep.export import refuse_existing
+    from clipsweep.report import log_recommendation, recommendation_png, trials_table
 
     parser = _study_parser("report", report_command.__doc__)
     parser.add_argument("--png", default=None, help="figure path (default: <study>-grad-norms.png)")
@@ -262,12 +261,12 @@ def calibrate_command(args: Sequence[str]) -> int:
     successive halving over short runs picks one, within a budget of optimizer steps."""
     from dataclasses import fields
 
-    from sweeper.calibrate import CalibrateSettings, calibrate
-    from sweeper.composition import compose, one_line, require_buildable, split_hydra_args
-    from sweeper.config import SweeperConf
-    from sweeper.export import refuse_existing, write
-    from sweeper.tracking import make_tracker
-    from sweeper.training import require_reported
+    from clipsweep.calibrate import CalibrateSettings, calibrate
+    from clipsweep.composition import compose, one_line, require_buildable, split_hydra_args
+    from clipsweep.config import SweeperConf
+    from clipsweep.export import refuse_existing, write
+    from clipsweep.tracking import make_tracker
+    from clipsweep.training import require_reported
 
     parser = _Parser(prog="clipsweep calibrate", description=calibrate_command.__doc__)
     for spec in fields(CalibrateSettings):
@@ -303,7 +302,7 @@ def calibrate_command(args: Sequence[str]) -> int:
         tracker.flush()
         print(f"pilot run: {tracker.describe()}")
     if out is not None:
-        from sweeper.export import ExportFormat, calibration_source, render
+        from clipsweep.export import ExportFormat, calibration_source, render
 
         origin = calibration_source(calibration, settings.grid, dict(config.optim))
         write(render(calibration.clip, origin, ExportFormat.yaml), out, options.force)

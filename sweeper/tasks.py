@@ -14,10 +14,9 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from clipsweep.errors import ConfigError
 from torch import Tensor
 from torch.nn import functional as F
-
-from sweeper.errors import ConfigError
 
 
 class Task(ABC):

@@ -16,10 +16,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from clipsweep.clipping import ClipStats
+from clipsweep.histogram import NormHistogram
 from torch import Tensor
-
-from sweeper.clipping import ClipStats
-from sweeper.histogram import NormHistogram
 
 STEP_METRICS = ("train/loss", "grad/norm", "grad/norm_clipped", "grad/threshold", "grad/clipped")
 """Metric names of the per-step values."""

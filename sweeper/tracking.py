@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from sweeper.errors import ConfigError
+from clipsweep.errors import ConfigError
 
 try:
     import fcntl
@@ -89,7 +89,7 @@ def masked(config: Mapping[str, Any]) -> dict[str, Any]:
     """A resolved run config fit to be stored: a password in ``tracking.uri`` replaced by ***."""
     tracking = dict(config.get("tracking") or {})
     if isinstance(tracking.get("uri"), str):
-        from sweeper.storage import mask_url
+        from clipsweep.storage import mask_url
 
         tracking["uri"] = mask_url(tracking["uri"])
     return {**config, "tracking": tracking} if "tracking" in config else dict(config)

@@ -17,22 +17,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from clipsweep.clipping import Clipper, ClipStats, make_clipper
+from clipsweep.config import NonFinite
+from clipsweep.errors import ConfigError
+from clipsweep.names import CLIP_METHOD_TAG, DEVICE_TAG, STATUS_TAG, STEPS_DONE_TAG
+from clipsweep.plots import norm_histogram_png
+from clipsweep.progress import RunProgress
+from clipsweep.tasks import Task, model_kwargs
+from clipsweep.tasks import metrics as task_metrics
+from clipsweep.telemetry import RunSummary, Telemetry, Window, steps_csv
+from clipsweep.tracking import Tracker, flatten, masked
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from torch import Tensor, nn
-
-from sweeper.clipping import Clipper, ClipStats, make_clipper
-from sweeper.config import NonFinite
-from sweeper.errors import ConfigError
-from sweeper.names import CLIP_METHOD_TAG, DEVICE_TAG, STATUS_TAG, STEPS_DONE_TAG
-from sweeper.plots import norm_histogram_png
-from sweeper.progress import RunProgress
-from sweeper.tasks import Task, model_kwargs
-from sweeper.tasks import metrics as task_metrics
-from sweeper.telemetry import RunSummary, Telemetry, Window, steps_csv
-from sweeper.tracking import Tracker, flatten, masked
 
 PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 

@@ -14,12 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from clipsweep.names import ROLE_TAG, STUDY_TAG
+from clipsweep.recommendation import Recommendation
+from clipsweep.tracking import make_tracker
+from clipsweep.training import RunResult, build, train
 from omegaconf import OmegaConf
-
-from sweeper.names import ROLE_TAG, STUDY_TAG
-from sweeper.recommendation import Recommendation
-from sweeper.tracking import make_tracker
-from sweeper.training import RunResult, build, train
 
 
 @dataclass

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import optuna
 import pytest
+from clipsweep.composition import compose
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
-
-from sweeper.composition import compose
 
 TOXIC = ["idiot", "stupid", "hate", "moron", "trash", "loser", "dumb", "ugly"]
 CLEAN = ["thanks", "great", "helpful", "agree", "nice", "interesting", "welcome", "useful"]
@@ -77,7 +76,7 @@ def run_sweep(
     cwd: Path, *args: str, env: dict[str, str] | None = None, returncode: int = 0
 ) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        [sys.executable, "-m", "sweeper", "sweep", *TINY, *args],
+        [sys.executable, "-m", "clipsweep", "sweep", *TINY, *args],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -13,18 +13,17 @@ from typing import Any
 
 import numpy as np
 import pytest
+from clipsweep.cli import main
+from clipsweep.composition import conf_dir
 from conftest import SWEPT_STUDY, free_port
 from mlflow.tracking import MlflowClient
-
-from sweeper.cli import main
-from sweeper.composition import conf_dir
 
 FAST = ("model.hidden_size=16", "task.seq_len=12", "task.val_size=64", "train.batch_size=8")
 
 
 def _clipsweep(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sweeper", *args],
+        [sys.executable, "-m", "clipsweep", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -111,8 +110,12 @@ def test_cli_console_script_trains_a_classification_task(tmp_path: Path) -> None
 
 def test_cli_user_model_and_text_csv_from_config_dir(tmp_path: Path, text_csv: Path) -> None:
     (tmp_path / "mine" / "model").mkdir(parents=True)
-    (tmp_path / "mine" / "model" / "tiny.yaml").write_text("_target_: tiny_model.TinyModel\nwidth: 8\n")
-    (tmp_path / "tiny_model.py").write_text(
+    # The user's own package is called `models`, as clipsweep's source directory is: the install puts
+    # clipsweep's under `clipsweep.models`, so `_target_: models.tiny.TinyModel` is the user's.
+    (tmp_path / "mine" / "model" / "tiny.yaml").write_text("_target_: models.tiny.TinyModel\nwidth: 8\n")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("")
+    (tmp_path / "models" / "tiny.py").write_text(
         "import torch\n"
         "class TinyModel(torch.nn.Module):\n"
         "    def __init__(self, input_size, output_size, sequence_output, vocab_size, width):\n"
@@ -130,7 +133,7 @@ def test_cli_user_model_and_text_csv_from_config_dir(tmp_path: Path, text_csv: P
     done = subprocess.run([script, "run", *args], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     _, run = _only_run(tmp_path / "mlflow.db")
-    assert run.data.params["model._target_"] == "tiny_model.TinyModel"
+    assert run.data.params["model._target_"] == "models.tiny.TinyModel"
     assert 0.0 <= run.data.metrics["val/accuracy"] <= 1.0
 
 
@@ -324,9 +327,16 @@ def test_cli_init_help_prints_its_usage(capsys: pytest.CaptureFixture[str]) -> N
 def test_conf_dir_is_found_from_an_installed_wheel(tmp_path: Path) -> None:
     """Build the wheel, install it alone into a directory and compose from there, not the checkout."""
     repo = Path(__file__).resolve().parent.parent
+    source = tmp_path / "src"  # a copy: a checkout's stale build/ directory would end up in the wheel
+    source.mkdir()
+    for part in ("pyproject.toml", "README.md", "sweeper", "models", "conf", "hydra_plugins"):
+        if (repo / part).is_dir():
+            shutil.copytree(repo / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(repo / part, source / part)
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "-w", str(tmp_path / "dist"), str(repo)],
+         "-w", str(tmp_path / "dist"), str(source)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr
@@ -338,7 +348,7 @@ def test_conf_dir_is_found_from_an_installed_wheel(tmp_path: Path) -> None:
     )  # fmt: skip
     assert installed.returncode == 0, installed.stderr
     probe = (
-        "import sweeper.composition as c; from sweeper.composition import compose, conf_dir; "
+        "import clipsweep.composition as c; from clipsweep.composition import compose, conf_dir; "
         "print(c.__file__); print(conf_dir()); print(compose(['model=gru', 'clip=zclip']).clip.method.value)"
     )
     done = subprocess.run(
@@ -347,6 +357,9 @@ def test_conf_dir_is_found_from_an_installed_wheel(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     module_file, found_conf, method = done.stdout.split()
+    # Nothing but the distribution's own package and Hydra's plugin namespace at the top level.
+    top = {p.name for p in target.iterdir() if not p.name.endswith(".dist-info") and p.name != "bin"}
+    assert top == {"clipsweep", "hydra_plugins"}
     assert Path(module_file).is_relative_to(target) and Path(found_conf).is_relative_to(target)
     assert (Path(found_conf) / "clip" / "zclip.yaml").is_file() and method == "zclip"
     assert conf_dir() != Path(found_conf)
@@ -358,7 +371,7 @@ def test_cli_ui_serves_the_tracking_store_on_loopback(tmp_path: Path) -> None:
 
     port = free_port()
     ui = subprocess.Popen(
-        [sys.executable, "-m", "sweeper", "ui", "--port", str(port),
+        [sys.executable, "-m", "clipsweep", "ui", "--port", str(port),
          "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
@@ -384,7 +397,7 @@ def test_cli_dashboard_serves_the_study_storage_on_loopback(swept: Path, tmp_pat
 
     port = free_port()
     dashboard = subprocess.Popen(
-        [sys.executable, "-m", "sweeper", "dashboard", "--port", str(port),
+        [sys.executable, "-m", "clipsweep", "dashboard", "--port", str(port),
          "--storage", f"sqlite:///{swept / 'clipsweep.db'}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip

@@ -9,10 +9,7 @@ import numpy as np
 import pytest
 import torch
 from autoclip.torch import QuantileClip
-from torch import nn
-from zclip import ZClip as ReferenceZClip
-
-from sweeper.clipping import (
+from clipsweep.clipping import (
     AGC,
     ClipMethod,
     NoClip,
@@ -23,7 +20,9 @@ from sweeper.clipping import (
     _nanquantile,
     make_clipper,
 )
-from sweeper.errors import ConfigError
+from clipsweep.errors import ConfigError
+from torch import nn
+from zclip import ZClip as ReferenceZClip
 
 
 def _model(seed: int = 0) -> nn.Module:

@@ -10,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clipsweep.clipping import ClipMethod, clip_schema, make_clipper
+from clipsweep.config import SCHEMAS, RecommendConf, SweeperConf, dataclasses_defaults, sweeper_settings
+from clipsweep.plan import plan_sweep
+from clipsweep.recommend import RecommendSettings
+from clipsweep.training import build
 from hydra.utils import get_class
 from omegaconf import MISSING, OmegaConf
-
-from sweeper.clipping import ClipMethod, clip_schema, make_clipper
-from sweeper.config import SCHEMAS, RecommendConf, SweeperConf, dataclasses_defaults, sweeper_settings
-from sweeper.plan import plan_sweep
-from sweeper.recommend import RecommendSettings
-from sweeper.training import build
 
 OURS = [(group, name) for group in ("model", "task") for name in SCHEMAS[group]]
 
@@ -72,7 +71,7 @@ def test_config_composed_defaults_reach_the_built_object(config, tmp_path: Path,
 
 
 def test_config_sweeper_plan_from_nothing_equals_the_composed_defaults() -> None:
-    from sweeper.composition import compose
+    from clipsweep.composition import compose
 
     composed = compose(["search=none"], return_hydra_config=True)
     settings = OmegaConf.to_container(composed.hydra.sweeper, resolve=True)
@@ -98,7 +97,7 @@ def test_config_recommend_settings_defaults_are_the_schemas() -> None:
 
 
 def test_config_sweep_help_lists_every_sweeper_key_with_its_default(capsys: pytest.CaptureFixture[str]) -> None:
-    from sweeper.cli import main
+    from clipsweep.cli import main
 
     assert main(["sweep", "--help"]) == 0
     shown = capsys.readouterr().out

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from sweeper.cli import COMMANDS, main
-from sweeper.names import STORAGE_ENV, TRACKING_URI_ENV
+from clipsweep.cli import COMMANDS, main
+from clipsweep.names import STORAGE_ENV, TRACKING_URI_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -80,7 +79,7 @@ def test_compose_worker_command_is_accepted_by_the_real_sweeper(tmp_path: Path, 
     assert main([*command, "tracking.enabled=false"]) == 0
     worker = [_substitute(part) for part in SERVICES["worker"]["command"]]
     assert worker[0] == "sweep" and "train.threads=1" in worker
-    from sweeper.preflight import validate_sweep_line
+    from clipsweep.preflight import validate_sweep_line
 
     assert validate_sweep_line([*worker[1:], "tracking.enabled=false"]) is None
 

@@ -10,14 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from clipsweep.composition import compose
+from clipsweep.errors import ConfigError
+from clipsweep.export import ExportFormat, Which, choose, load_clip, render, source, write
+from clipsweep.histogram import NormHistogram
+from clipsweep.recommendation import Recommendation, TrialNorms
+from clipsweep.validation import Arm, Validation
 from omegaconf import OmegaConf
-
-from sweeper.composition import compose
-from sweeper.errors import ConfigError
-from sweeper.export import ExportFormat, Which, choose, load_clip, render, source, write
-from sweeper.histogram import NormHistogram
-from sweeper.recommendation import Recommendation, TrialNorms
-from sweeper.validation import Arm, Validation
 
 ORIGIN = {
     "study": "s",

@@ -6,8 +6,7 @@ import math
 
 import numpy as np
 import pytest
-
-from sweeper.histogram import NormHistogram
+from clipsweep.histogram import NormHistogram
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from clipsweep import study as studies
+from clipsweep.cli import main
 from conftest import TINY, load_study, mlflow_runs
 from optuna.trial import TrialState
-
-from sweeper import study as studies
-from sweeper.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +43,9 @@ def _tell_fails_for_results(study, trial, values=None, state=None):
 
 STAGES = {
     # stage: (the function made to fail, the exit code)
-    "after the parent run started": ("sweeper.hydra_sweeper.OptunaSweeper._loop", 1),
-    "in the recommendation": ("sweeper.conclusion.recommend", 0),  # reported; the trials stand
-    "in export": ("sweeper.conclusion.render", 0),
+    "after the parent run started": ("clipsweep.hydra_sweeper.OptunaSweeper._loop", 1),
+    "in the recommendation": ("clipsweep.conclusion.recommend", 0),  # reported; the trials stand
+    "in export": ("clipsweep.conclusion.render", 0),
 }
 
 
@@ -62,14 +61,14 @@ def test_sweep_fault_at_each_stage_ends_with_its_code_and_nothing_running(
     args = ["sweep", *TINY, "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=f", "search=threshold"]
     code = 0
     if stage == "before the parent run":
-        monkeypatch.setattr("sweeper.hydra_sweeper.open_planned_study", _open_fails)
+        monkeypatch.setattr("clipsweep.hydra_sweeper.open_planned_study", _open_fails)
         code = 1
     elif stage == "in a job":  # every job raises: each trial fails, and past max_failure_rate the sweep does
-        monkeypatch.setattr("sweeper.training.Trainer.step", _boom)
+        monkeypatch.setattr("clipsweep.training.Trainer.step", _boom)
         code = 1
     elif stage == "in tell":
         monkeypatch.setattr(studies, "tell", _tell_fails_for_results)
-        monkeypatch.setattr("sweeper.hydra_sweeper.retrying", lambda fn, *a, **k: fn(*a, **k))  # no 30 s of retries
+        monkeypatch.setattr("clipsweep.hydra_sweeper.retrying", lambda fn, *a, **k: fn(*a, **k))  # no 30 s of retries
         code = 1
     else:
         target, code = STAGES[stage]

@@ -13,11 +13,10 @@ from pathlib import Path
 import optuna
 import psycopg
 import pytest
+from clipsweep.names import CONFIG_ATTR, INTERRUPTED_ATTR, RETRY_OF_ATTR, SURPLUS_ATTR
 from conftest import TINY, load_study, mlflow_runs, run_sweep
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
-
-from sweeper.names import CONFIG_ATTR, INTERRUPTED_ATTR, RETRY_OF_ATTR, SURPLUS_ATTR
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 
@@ -25,7 +24,7 @@ COMMON = ("search=threshold", "hydra/sweeper/pruner=none")
 
 
 def _workers(cwd: Path, n: int, args: tuple[str, ...], env: dict[str, str]) -> list[str]:
-    command = [sys.executable, "-m", "sweeper", "sweep", *TINY, *COMMON, *args]
+    command = [sys.executable, "-m", "clipsweep", "sweep", *TINY, *COMMON, *args]
     workers = [
         subprocess.Popen([*command, f"hydra.sweep.dir=multirun/w{i}"], cwd=cwd, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, env={**os.environ, **env})
@@ -45,7 +44,7 @@ def test_two_workers_on_postgres_and_an_mlflow_server_share_one_study(
 ) -> None:
     env = {"CLIPSWEEP_STORAGE": postgres_url, "MLFLOW_TRACKING_URI": mlflow_server}
     init = subprocess.run(
-        [sys.executable, "-m", "sweeper", "init", *TINY, *COMMON, "hydra.sweeper.study_name=pg2",
+        [sys.executable, "-m", "clipsweep", "init", *TINY, *COMMON, "hydra.sweeper.study_name=pg2",
          "hydra.sweeper.n_trials=6"],
         cwd=tmp_path, capture_output=True, text=True, env={**os.environ, **env}, timeout=300,
     )  # fmt: skip
@@ -94,7 +93,7 @@ def test_joblib_jobs_split_the_cores_between_them(tmp_path: Path) -> None:
 def test_journal_storage_runs_a_sweep(tmp_path: Path) -> None:
     run_sweep(tmp_path, "hydra.sweeper.storage=journal:clipsweep.journal", "hydra.sweeper.study_name=j",
               *COMMON, "hydra.sweeper.n_trials=2", "tracking.enabled=false")  # fmt: skip
-    from sweeper.storage import open_storage
+    from clipsweep.storage import open_storage
 
     study = optuna.load_study(study_name="j", storage=open_storage(f"journal:{tmp_path / 'clipsweep.journal'}"))
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
@@ -118,7 +117,7 @@ def _wait_running(storage: str, study: str, timeout: float = 120) -> optuna.tria
 def test_signal_ends_the_running_trial_cleanly_and_it_is_retried(tmp_path: Path, sig: signal.Signals) -> None:
     common = ("hydra.sweeper.study_name=stopped", "hydra.sweeper.n_trials=2", *COMMON)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "sweeper", "sweep", *TINY, *common, "train.steps=1000000", "train.eval_every=1000000"],
+        [sys.executable, "-m", "clipsweep", "sweep", *TINY, *common, "train.steps=1000000", "train.eval_every=1000000"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     storage = f"sqlite:///{tmp_path / 'clipsweep.db'}"

@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from sweeper import GradClipper
-from sweeper.export import ExportFormat, render
-from sweeper.telemetry import Telemetry
-from sweeper.training import Trainer, build
+from clipsweep import GradClipper
+from clipsweep.export import ExportFormat, render
+from clipsweep.telemetry import Telemetry
+from clipsweep.training import Trainer, build
 
 SMALL = ("model.hidden_size=16", "task.seq_len=12", "task.val_size=64", "train.batch_size=8", "optim=sgd")
 

@@ -7,25 +7,25 @@ import ast
 import re
 from pathlib import Path
 
-import sweeper
-from sweeper import names
+import clipsweep
+from clipsweep import names
 
-PACKAGE = Path(sweeper.__file__).parent
+PACKAGE = Path(clipsweep.__file__).parent
 
 
 def _imports() -> dict[str, set[str]]:
-    """Every ``sweeper.*`` module each module imports, at the top or inside a function."""
+    """Every ``clipsweep.*`` module each module imports, at the top or inside a function."""
     graph: dict[str, set[str]] = {}
     for path in PACKAGE.glob("*.py"):
-        name = "sweeper" if path.stem == "__init__" else f"sweeper.{path.stem}"
+        name = "clipsweep" if path.stem == "__init__" else f"clipsweep.{path.stem}"
         found: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module == "sweeper":
-                found |= {f"sweeper.{alias.name}" for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sweeper."):
+            if isinstance(node, ast.ImportFrom) and node.module == "clipsweep":
+                found |= {f"clipsweep.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("clipsweep."):
                 found.add(node.module)
             elif isinstance(node, ast.Import):
-                found |= {alias.name for alias in node.names if alias.name.startswith("sweeper.")}
+                found |= {alias.name for alias in node.names if alias.name.startswith("clipsweep.")}
         graph[name] = found - {name}
     return graph
 
@@ -51,7 +51,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_package_imports_have_no_cycle() -> None:
     graph = _imports()
-    assert graph["sweeper.cli"] >= {"sweeper.study_commands", "sweeper.preflight"}  # the walk sees imports
+    assert graph["clipsweep.cli"] >= {"clipsweep.study_commands", "clipsweep.preflight"}  # the walk sees imports
     assert _cycle(graph) is None, " -> ".join(_cycle(graph) or [])
 
 
@@ -64,12 +64,19 @@ def test_package_names_shared_across_processes_are_spelled_only_in_names() -> No
     """A study attribute, environment variable or MLflow tag spelled as a literal elsewhere could drift
     from what another process (a worker, ``export``, the UI) reads."""
     shared = re.compile(r"^(clipsweep\.[a-z_]+|CLIPSWEEP_[A-Z_]+|MLFLOW_TRACKING_URI)$")
+    values = {v for k, v in vars(names).items() if k.isupper() and isinstance(v, str)}
+    # The package's own module paths look alike (find_spec("clipsweep.conf")); a name spelled like a
+    # module (clipsweep.config) is still checked.
+    modules = {f"clipsweep.{p.stem}" for p in PACKAGE.glob("*.py")} | {"clipsweep.conf", "clipsweep.models"}
     spelled = {
         f"{path.name}:{node.lineno}: {node.value}"
         for path in PACKAGE.glob("*.py")
         if path.name != "names.py"
         for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and shared.match(node.value)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and shared.match(node.value)
+        and node.value not in modules - values
     }
     assert spelled == set()
     assert shared.match(names.ROLE_TAG) and shared.match(names.STORAGE_ENV)  # the pattern sees the real names

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from clipsweep.errors import ConfigError
+from clipsweep.search_space import format_value, parse_search_space
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-from sweeper.errors import ConfigError
-from sweeper.search_space import format_value, parse_search_space
 
 
 def _only(grammar: str):

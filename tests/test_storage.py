@@ -10,12 +10,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+from clipsweep import storage as storages
+from clipsweep import study as studies
+from clipsweep.errors import ConfigError
+from clipsweep.names import STORAGE_ENV
 from optuna.trial import TrialState
-
-from sweeper import storage as storages
-from sweeper import study as studies
-from sweeper.errors import ConfigError
-from sweeper.names import STORAGE_ENV
 
 
 def test_open_storage_postgres_shares_a_study_between_connections(postgres_url: str) -> None:

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from clipsweep.cli import main
+from clipsweep.names import PARENT_RUN_ATTR
+from clipsweep.recommend import RecommendSettings, recommend
 from conftest import SWEPT_STUDY, TINY, load_study, mlflow_runs
 from optuna.trial import TrialState
-
-from sweeper.cli import main
-from sweeper.names import PARENT_RUN_ATTR
-from sweeper.recommend import RecommendSettings, recommend
 
 STUDY = SWEPT_STUDY
 
@@ -28,7 +27,7 @@ def in_swept(swept: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "sweeper", *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=os.environ
+        [sys.executable, "-m", "clipsweep", *args], cwd=cwd, capture_output=True, text=True, timeout=600, env=os.environ
     )
 
 

@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 import torch
-
-from sweeper.config import AddingConf, CopyMemoryConf, DigitsConf, TextCSVConf
-from sweeper.errors import ConfigError
-from sweeper.tasks import AddingTask, CopyMemoryTask, DigitsTask, TextCSVTask
-from sweeper.tracking import NullTracker
-from sweeper.training import build, train
+from clipsweep.config import AddingConf, CopyMemoryConf, DigitsConf, TextCSVConf
+from clipsweep.errors import ConfigError
+from clipsweep.tasks import AddingTask, CopyMemoryTask, DigitsTask, TextCSVTask
+from clipsweep.tracking import NullTracker
+from clipsweep.training import build, train
 
 
 def _task(cls: type, schema: type, **given: Any) -> Any:

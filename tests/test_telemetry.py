@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from sweeper.clipping import NormClip
-from sweeper.telemetry import STEP_METRICS, Telemetry, layer_name
+from clipsweep.clipping import NormClip
+from clipsweep.telemetry import STEP_METRICS, Telemetry, layer_name
 
 
 @pytest.mark.parametrize(

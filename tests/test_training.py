@@ -6,13 +6,12 @@ import math
 
 import pytest
 import torch
+from clipsweep.errors import ConfigError
+from clipsweep.tasks import AddingTask
+from clipsweep.telemetry import Telemetry
+from clipsweep.tracking import NullTracker
+from clipsweep.training import Trainer, build, train
 from torch.utils._python_dispatch import TorchDispatchMode
-
-from sweeper.errors import ConfigError
-from sweeper.tasks import AddingTask
-from sweeper.telemetry import Telemetry
-from sweeper.tracking import NullTracker
-from sweeper.training import Trainer, build, train
 
 SMALL = ("model.hidden_size=16", "task.seq_len=12", "task.val_size=64", "train.batch_size=8")
 
@@ -166,7 +165,7 @@ def test_build_accepts_a_precision_exactly_when_the_cpu_runs_it(config, cell, pr
 
 def test_build_rejects_bf16_on_a_device_without_it(config, monkeypatch) -> None:
     # No pre-Ampere GPU exists here: fake only the device capability.
-    monkeypatch.setattr("sweeper.training.bf16_supported", lambda device: False)
+    monkeypatch.setattr("clipsweep.training.bf16_supported", lambda device: False)
     with pytest.raises(ConfigError) as info:
         build(config(*SMALL, "train.precision=bf16"))
     assert info.value.key == "train.precision" and "bfloat16" in str(info.value)

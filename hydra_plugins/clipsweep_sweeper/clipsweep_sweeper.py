@@ -20,7 +20,7 @@ class ClipsweepSweeper(Sweeper):
     """See ``sweeper.hydra_sweeper.OptunaSweeper``, which does the work."""
 
     def __init__(self, **settings: Any) -> None:
-        from sweeper.hydra_sweeper import OptunaSweeper
+        from clipsweep.hydra_sweeper import OptunaSweeper
 
         self._impl = OptunaSweeper(**settings)
 
