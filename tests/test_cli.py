@@ -365,52 +365,37 @@ def test_conf_dir_is_found_from_an_installed_wheel(tmp_path: Path) -> None:
     assert conf_dir() != Path(found_conf)
 
 
-def test_cli_ui_serves_the_tracking_store_on_loopback(tmp_path: Path) -> None:
+def _served(args: list[str], cwd: Path, path: str) -> bytes:
+    """Start ``clipsweep <args> --port P``, wait (up to 120 s) until 127.0.0.1:P answers ``path``,
+    return the answer and stop the server."""
     import time
     import urllib.request
 
     port = free_port()
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "clipsweep", "ui", "--port", str(port),
-         "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    server = subprocess.Popen(
+        [sys.executable, "-m", "clipsweep", *args, "--port", str(port)],
+        cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        deadline, body = time.time() + 120, None
-        while time.time() < deadline and body is None:
+        deadline = time.time() + 120
+        while time.time() < deadline:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    body = response.read().decode()
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+                    return response.read()
             except OSError:
-                assert ui.poll() is None, ui.stdout.read()
+                assert server.poll() is None, server.stdout.read()
                 time.sleep(0.5)
-        assert body is not None and "OK" in body
+        raise AssertionError(f"clipsweep {args[0]} did not answer {path} within 120 s")
     finally:
-        ui.terminate()
-        ui.wait(timeout=30)
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_cli_ui_serves_the_tracking_store_on_loopback(tmp_path: Path) -> None:
+    body = _served(["ui", "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"], tmp_path, "/health")
+    assert "OK" in body.decode()
 
 
 def test_cli_dashboard_serves_the_study_storage_on_loopback(swept: Path, tmp_path: Path) -> None:
-    import json
-    import time
-    import urllib.request
-
-    port = free_port()
-    dashboard = subprocess.Popen(
-        [sys.executable, "-m", "clipsweep", "dashboard", "--port", str(port),
-         "--storage", f"sqlite:///{swept / 'clipsweep.db'}"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        deadline, studies = time.time() + 120, None
-        while time.time() < deadline and studies is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as response:
-                    studies = json.loads(response.read())["study_summaries"]
-            except OSError:
-                assert dashboard.poll() is None, dashboard.stdout.read()
-                time.sleep(0.5)
-        assert studies is not None and [s["study_name"] for s in studies] == [SWEPT_STUDY]
-    finally:
-        dashboard.terminate()
-        dashboard.wait(timeout=30)
+    body = _served(["dashboard", "--storage", f"sqlite:///{swept / 'clipsweep.db'}"], tmp_path, "/api/studies")
+    assert [s["study_name"] for s in json.loads(body)["study_summaries"]] == [SWEPT_STUDY]
