@@ -120,7 +120,7 @@ def init_command(args: Sequence[str]) -> int:
 
 def sweep_command(args: Sequence[str]) -> int:
     if any(a in ("-h", "--help") for a in args):  # Hydra's --help is run's: it lists no hydra.sweeper key
-        from clipsweep.config import sweeper_help
+        from clipsweep.usage import sweeper_help
 
         print(sweeper_help())
         return 0

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from clipsweep.clipping import ClipMethod, clip_schema, make_clipper
-from clipsweep.config import SCHEMAS, RecommendConf, SweeperConf, dataclasses_defaults, sweeper_settings
+from clipsweep.config import SCHEMAS, RecommendConf, SweeperConf, sweeper_settings
 from clipsweep.plan import plan_sweep
 from clipsweep.recommend import RecommendSettings
 from clipsweep.training import build
@@ -94,16 +94,3 @@ def test_config_recommend_settings_defaults_are_the_schemas() -> None:
     settings = RecommendSettings()
     for key in ("tolerance", "bandwidth", "transient", "percentile"):
         assert getattr(settings, key) == getattr(schema, key)
-
-
-def test_config_sweep_help_lists_every_sweeper_key_with_its_default(capsys: pytest.CaptureFixture[str]) -> None:
-    from clipsweep.cli import main
-
-    assert main(["sweep", "--help"]) == 0
-    shown = capsys.readouterr().out
-    for key, default in dataclasses_defaults(SweeperConf).items():
-        if key not in ("_target_", "_recursive_", "defaults", "sampler", "pruner", "recommend"):
-            assert f"hydra.sweeper.{key} ({default!r}): " in shown, key
-    for key, default in _fields(RecommendConf).items():
-        assert f"hydra.sweeper.recommend.{key} ({default!r}): " in shown, key
-    assert "hydra/sweeper/sampler=NAME ('tpe'): one of " in shown and "hydra/sweeper/pruner=NAME ('median')" in shown

@@ -1,0 +1,19 @@
+"""``clipsweep sweep --help`` lists every key of the sweeper's schema with the schema's default."""
+
+from __future__ import annotations
+
+import pytest
+from clipsweep.cli import main
+from clipsweep.config import RecommendConf, SweeperConf
+from clipsweep.usage import dataclasses_defaults
+
+
+def test_usage_sweep_help_lists_every_sweeper_key_with_its_default(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", "--help"]) == 0
+    shown = capsys.readouterr().out
+    for key, default in dataclasses_defaults(SweeperConf).items():
+        if key not in ("_target_", "_recursive_", "defaults", "sampler", "pruner", "recommend"):
+            assert f"hydra.sweeper.{key} ({default!r}): " in shown, key
+    for key, default in dataclasses_defaults(RecommendConf).items():
+        assert f"hydra.sweeper.recommend.{key} ({default!r}): " in shown, key
+    assert "hydra/sweeper/sampler=NAME ('tpe'): one of " in shown and "hydra/sweeper/pruner=NAME ('median')" in shown
