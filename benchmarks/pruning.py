@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 import optuna
-from clipsweep.cli import main
 from optuna.trial import TrialState
+
+from clipsweep.cli import main
 
 
 def steps_trained(study: optuna.Study, steps: int) -> int:

@@ -28,6 +28,8 @@ import tempfile
 import time
 
 import optuna
+from optuna.trial import TrialState
+
 from clipsweep.calibrate import CalibrateSettings, calibrate
 from clipsweep.cli import main
 from clipsweep.composition import compose
@@ -35,7 +37,6 @@ from clipsweep.names import CONFIG_ATTR
 from clipsweep.recommend import RecommendSettings, recommend
 from clipsweep.tracking import NullTracker
 from clipsweep.validation import retrain
-from optuna.trial import TrialState
 
 DIGITS_DATA = ["task=digits", "train.batch_size=64", "train.steps=1200", "train.eval_every=200"]
 DIGITS = [*DIGITS_DATA, "optim=sgd", "optim.momentum=0.9"]

@@ -16,8 +16,9 @@ import tempfile
 from pathlib import Path
 
 import optuna
-from clipsweep.cli import main
 from optuna.trial import TrialState
+
+from clipsweep.cli import main
 
 THRESHOLDS = (0.03, 0.1, 0.3, 1.0, 3.0)
 LEARNING_RATES = (0.003, 0.01, 0.03, 0.1)

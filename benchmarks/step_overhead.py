@@ -16,6 +16,7 @@ import statistics
 import time
 
 import torch
+
 from clipsweep.composition import compose
 from clipsweep.telemetry import Telemetry
 from clipsweep.training import Trainer, build

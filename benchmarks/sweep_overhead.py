@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import optuna
+
 from clipsweep.cli import main
 from clipsweep.composition import compose
 from clipsweep.search_space import format_value

@@ -31,13 +31,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
 from clipsweep.errors import ConfigError
 from clipsweep.histogram import NormHistogram
 from clipsweep.names import ROLE_TAG
 from clipsweep.telemetry import Telemetry
 from clipsweep.tracking import Tracker
 from clipsweep.training import RunResult, Trainer, build, train
-from omegaconf import DictConfig, OmegaConf
 
 
 def _setting(default: Any, help: str) -> Any:

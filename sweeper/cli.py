@@ -53,6 +53,7 @@ def _register_sweeper() -> None:
 
 def run_command(args: Sequence[str], validated: bool = False) -> int:
     import hydra
+
     from clipsweep.config import register_schemas
 
     if not validated:

@@ -18,9 +18,10 @@ from enum import Enum
 from typing import Any, NamedTuple
 
 import torch
-from clipsweep.errors import ConfigError
 from torch import Tensor
 from torch.nn.utils import clip_grad_value_, clip_grads_with_norm_, get_total_norm
+
+from clipsweep.errors import ConfigError
 
 # torch adds this to the norm before dividing (clip_grads_with_norm_); the adaptive methods use the
 # same rule so that every method shrinks gradients identically for the same threshold.

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipsweep.errors import ConfigError
 from omegaconf import DictConfig
+
+from clipsweep.errors import ConfigError
 
 if TYPE_CHECKING:
     from clipsweep.training import Setup
@@ -62,9 +63,10 @@ def compose(
     return_hydra_config: bool = False,
 ) -> DictConfig:
     """Compose ``conf/`` (plus a user's config dir) exactly as ``clipsweep run`` would."""
-    from clipsweep.config import register_schemas
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+
+    from clipsweep.config import register_schemas
 
     register_schemas()
     extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []

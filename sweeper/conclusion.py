@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
 from clipsweep.export import ExportFormat, Which, choose, render, reproduce_command, source
 from clipsweep.names import BEST_TRIAL_TAG, CONCLUDED_ATTR, FAIL_REASON_ATTR, STATUS_ATTR, VALIDATION_ATTR
 from clipsweep.plan import SweepPlan
@@ -16,8 +19,6 @@ from clipsweep.recommend import recommend
 from clipsweep.report import log_recommendation, trials_table
 from clipsweep.storage import mask_url
 from clipsweep.tracking import Tracker
-from omegaconf import OmegaConf
-from optuna.trial import TrialState
 
 
 def write_results(

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
 from clipsweep.clipping import ClipMethod, clip_schema
 from clipsweep.models.rnn import Cell
 from clipsweep.names import TRACKING_URI_ENV
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
 
 
 class NonFinite(str, Enum):

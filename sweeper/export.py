@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+
 from clipsweep.clipping import ClipMethod
 from clipsweep.errors import ConfigError
 from clipsweep.recommendation import Recommendation, TrialNorms

@@ -21,6 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+from optuna.trial import FrozenTrial, Trial, TrialState
+
 from clipsweep import study as studies
 from clipsweep.conclusion import conclude, write_results
 from clipsweep.errors import SweepFailed
@@ -51,12 +58,6 @@ from clipsweep.progress import sweep_eta
 from clipsweep.search_space import format_value
 from clipsweep.storage import TRANSIENT, mask_url, retrying
 from clipsweep.tracking import Tracker, make_tracker, masked
-from hydra.core.plugins import Plugins
-from hydra.core.utils import JobReturn, JobStatus
-from hydra.plugins.sweeper import Sweeper
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf, open_dict
-from optuna.trial import FrozenTrial, Trial, TrialState
 
 _POLL_SECONDS = 2.0
 _FAILED_PREFIX = "sweep failed: "

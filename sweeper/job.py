@@ -41,10 +41,11 @@ def run_job(config: DictConfig) -> dict[str, Any]:
     and the resolved ``config`` (what an export of this trial writes). Inside a clipsweep sweep the job reports its
     validation objective to its Optuna trial and stops when the pruner says so.
     """
+    from hydra.core.hydra_config import HydraConfig
+
     from clipsweep.study import TrialReporter
     from clipsweep.tracking import make_tracker, masked
     from clipsweep.training import build, train
-    from hydra.core.hydra_config import HydraConfig
 
     setup = build(config)
     tracker = make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
+
 from clipsweep.clipping import Clipper, make_clipper
 from clipsweep.histogram import NormHistogram
 from clipsweep.telemetry import Telemetry
-from torch import Tensor
 
 
 class GradClipper:

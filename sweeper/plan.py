@@ -11,15 +11,16 @@ from datetime import datetime
 from typing import Any
 
 import optuna
+from hydra.errors import InstantiationException
+from hydra.utils import get_method, instantiate
+from omegaconf import OmegaConf
+
 from clipsweep import study as studies
 from clipsweep.config import sweeper_settings
 from clipsweep.errors import ConfigError
 from clipsweep.recommend import RecommendSettings
 from clipsweep.search_space import SearchSpace, parse_search_space
 from clipsweep.storage import open_storage, storage_url
-from hydra.errors import InstantiationException
-from hydra.utils import get_method, instantiate
-from omegaconf import OmegaConf
 
 _DIRECTIONS = ("minimize", "maximize")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from clipsweep.histogram import NormHistogram
 
 _WIDTH, _HEIGHT = 640, 360

@@ -9,9 +9,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from omegaconf import OmegaConf, open_dict
+
 from clipsweep.composition import check_buildable, compose, one_line, require_buildable, split_hydra_args
 from clipsweep.errors import ConfigError, UsageError
-from omegaconf import OmegaConf, open_dict
 
 if TYPE_CHECKING:
     from clipsweep.plan import SweepPlan
@@ -56,11 +57,12 @@ def plan_sweep_line(args: Sequence[str]) -> SweepPlan:
     and its tracking store checked; then the sweeper's settings and search space are planned and
     the storage opened last, to refuse a study stored with another direction.
     """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     from clipsweep.plan import plan_sweep
     from clipsweep.storage import open_storage
     from clipsweep.study import open_study_if_exists
     from clipsweep.training import require_reported
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides, config_dir, config_name = split_hydra_args([a for a in args if a not in MULTIRUN_FLAGS])
     try:

@@ -44,6 +44,9 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
 from clipsweep.clipping import ClipMethod
 from clipsweep.config import RecommendConf
 from clipsweep.errors import ConfigError
@@ -57,8 +60,6 @@ from clipsweep.recommendation import (
     percentile_of,
     trial_norms,
 )
-from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState
 
 _THRESHOLD = "clip.threshold"
 _NEIGHBOURHOOD = 2.0

@@ -9,11 +9,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from optuna.trial import FrozenTrial, TrialState
+
 from clipsweep.clipping import ClipMethod
 from clipsweep.histogram import NormHistogram
 from clipsweep.names import CONFIG_ATTR, FIXED_ATTR, NORMS_ATTR, STATUS_ATTR
 from clipsweep.telemetry import NormSegments
-from optuna.trial import FrozenTrial, TrialState
 
 
 @dataclass

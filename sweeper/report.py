@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
+
 from clipsweep.names import RECOMMENDED_TAG, RECOMMENDED_TRIAL_TAG
 from clipsweep.plots import norm_histogram_png
 from clipsweep.recommendation import Recommendation
 from clipsweep.tracking import Tracker
 from clipsweep.validation import Validation
-from optuna.trial import TrialState
 
 
 def _value_text(value: Any) -> str:

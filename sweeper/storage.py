@@ -12,11 +12,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import optuna
-from clipsweep.errors import ConfigError
-from clipsweep.names import STORAGE_ENV
 from optuna.exceptions import ExperimentalWarning, StorageInternalError
 from optuna.storages import BaseStorage, RDBStorage
 from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError
+
+from clipsweep.errors import ConfigError
+from clipsweep.names import STORAGE_ENV
 
 _OPEN_ATTEMPTS = 4
 _log = logging.getLogger(__name__)

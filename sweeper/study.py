@@ -16,6 +16,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import optuna
+from hydra.utils import instantiate
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, Trial, TrialState
+
 from clipsweep.config import sweeper_settings
 from clipsweep.errors import ConfigError
 from clipsweep.names import (
@@ -30,10 +35,6 @@ from clipsweep.names import (
     TRIAL_NUMBER_TAG,
 )
 from clipsweep.storage import open_storage, retrying, storage_url
-from hydra.utils import instantiate
-from optuna.exceptions import ExperimentalWarning
-from optuna.storages import BaseStorage
-from optuna.trial import FrozenTrial, Trial, TrialState
 
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 

@@ -57,6 +57,7 @@ def _study_parser(prog: str, description: str) -> argparse.ArgumentParser:
 def _open_study(options: argparse.Namespace) -> tuple[Any, str]:
     """The stored study; refuses a missing storage file or an unknown study without creating either."""
     import optuna
+
     from clipsweep.config import SweeperConf
     from clipsweep.storage import mask_url, open_storage, storage_url
 

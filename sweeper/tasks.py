@@ -14,9 +14,10 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from clipsweep.errors import ConfigError
 from torch import Tensor
 from torch.nn import functional as F
+
+from clipsweep.errors import ConfigError
 
 
 class Task(ABC):

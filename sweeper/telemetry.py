@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
+
 from clipsweep.clipping import ClipStats
 from clipsweep.histogram import NormHistogram
-from torch import Tensor
 
 STEP_METRICS = ("train/loss", "grad/norm", "grad/norm_clipped", "grad/threshold", "grad/clipped")
 """Metric names of the per-step values."""

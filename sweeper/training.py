@@ -17,6 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+from torch import Tensor, nn
+
 from clipsweep.clipping import Clipper, ClipStats, make_clipper
 from clipsweep.config import NonFinite
 from clipsweep.errors import ConfigError
@@ -27,11 +33,6 @@ from clipsweep.tasks import Task, model_kwargs
 from clipsweep.tasks import metrics as task_metrics
 from clipsweep.telemetry import RunSummary, Telemetry, Window, steps_csv
 from clipsweep.tracking import Tracker, flatten, masked
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
-from torch import Tensor, nn
 
 PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 

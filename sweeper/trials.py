@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import optuna
+
 from clipsweep.names import FAIL_REASON_ATTR, INTERRUPTED_ATTR, NORMS_ATTR, RUN_ID_ATTR, STATUS_ATTR, SURPLUS_ATTR
 from clipsweep.telemetry import NormSegments
 

@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from clipsweep.names import ROLE_TAG, STUDY_TAG
 from clipsweep.recommendation import Recommendation
 from clipsweep.tracking import make_tracker
 from clipsweep.training import RunResult, build, train
-from omegaconf import OmegaConf
 
 
 @dataclass

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import optuna
 import pytest
-from clipsweep.composition import compose
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
+
+from clipsweep.composition import compose
 
 TOXIC = ["idiot", "stupid", "hate", "moron", "trash", "loser", "dumb", "ugly"]
 CLEAN = ["thanks", "great", "helpful", "agree", "nice", "interesting", "welcome", "useful"]

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from clipsweep.cli import main
-from clipsweep.composition import conf_dir
 from conftest import SWEPT_STUDY, free_port
 from mlflow.tracking import MlflowClient
+
+from clipsweep.cli import main
+from clipsweep.composition import conf_dir
 
 FAST = ("model.hidden_size=16", "task.seq_len=12", "task.val_size=64", "train.batch_size=8")
 

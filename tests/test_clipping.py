@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 import torch
 from autoclip.torch import QuantileClip
+from torch import nn
+from zclip import ZClip as ReferenceZClip
+
 from clipsweep.clipping import (
     AGC,
     ClipMethod,
@@ -21,8 +24,6 @@ from clipsweep.clipping import (
     make_clipper,
 )
 from clipsweep.errors import ConfigError
-from torch import nn
-from zclip import ZClip as ReferenceZClip
 
 
 def _model(seed: int = 0) -> nn.Module:

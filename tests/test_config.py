@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hydra.utils import get_class
+from omegaconf import MISSING, OmegaConf
+
 from clipsweep.clipping import ClipMethod, clip_schema, make_clipper
 from clipsweep.config import SCHEMAS, RecommendConf, SweeperConf, sweeper_settings
 from clipsweep.plan import plan_sweep
 from clipsweep.recommend import RecommendSettings
 from clipsweep.training import build
-from hydra.utils import get_class
-from omegaconf import MISSING, OmegaConf
 
 OURS = [(group, name) for group in ("model", "task") for name in SCHEMAS[group]]
 

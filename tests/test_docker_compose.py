@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from clipsweep.cli import COMMANDS, main
 from clipsweep.names import STORAGE_ENV, TRACKING_URI_ENV
 

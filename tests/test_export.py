@@ -10,13 +10,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
+
 from clipsweep.composition import compose
 from clipsweep.errors import ConfigError
 from clipsweep.export import ExportFormat, Which, choose, load_clip, render, source, write
 from clipsweep.histogram import NormHistogram
 from clipsweep.recommendation import Recommendation, TrialNorms
 from clipsweep.validation import Arm, Validation
-from omegaconf import OmegaConf
 
 ORIGIN = {
     "study": "s",

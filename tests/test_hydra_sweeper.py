@@ -12,11 +12,12 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from clipsweep.names import CONFIG_ATTR, NORMS_ATTR, PARENT_RUN_ATTR
-from clipsweep.recommend import recommend
 from conftest import TINY, load_study, mlflow_runs, run_sweep, with_pythonpath
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+
+from clipsweep.names import CONFIG_ATTR, NORMS_ATTR, PARENT_RUN_ATTR
+from clipsweep.recommend import recommend
 
 pytestmark = pytest.mark.slow
 

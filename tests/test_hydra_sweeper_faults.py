@@ -13,10 +13,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from clipsweep import study as studies
-from clipsweep.cli import main
 from conftest import TINY, load_study, mlflow_runs
 from optuna.trial import TrialState
+
+from clipsweep import study as studies
+from clipsweep.cli import main
 
 pytestmark = pytest.mark.slow
 

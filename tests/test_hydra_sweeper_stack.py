@@ -13,10 +13,11 @@ from pathlib import Path
 import optuna
 import psycopg
 import pytest
-from clipsweep.names import CONFIG_ATTR, INTERRUPTED_ATTR, RETRY_OF_ATTR, SURPLUS_ATTR
 from conftest import TINY, load_study, mlflow_runs, run_sweep
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
+
+from clipsweep.names import CONFIG_ATTR, INTERRUPTED_ATTR, RETRY_OF_ATTR, SURPLUS_ATTR
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
 

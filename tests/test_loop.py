@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from clipsweep import GradClipper
 from clipsweep.export import ExportFormat, render
 from clipsweep.telemetry import Telemetry

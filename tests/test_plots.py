@@ -6,9 +6,10 @@ import io
 import math
 
 import numpy as np
+from PIL import Image
+
 from clipsweep.histogram import NormHistogram
 from clipsweep.plots import norm_histogram_png
-from PIL import Image
 
 AXES_LEFT, AXES_RIGHT = 64, 624
 GREEN, ORANGE, RED, BLACK, PURPLE = (44, 160, 44), (255, 127, 14), (214, 39, 40), (0, 0, 0), (148, 103, 189)

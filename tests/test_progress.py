@@ -5,9 +5,10 @@ from __future__ import annotations
 import io
 from datetime import datetime, timedelta
 
-from clipsweep.progress import RunProgress, duration, eta, sweep_eta
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
+
+from clipsweep.progress import RunProgress, duration, eta, sweep_eta
 
 
 class Terminal(io.StringIO):

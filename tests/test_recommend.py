@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 import optuna
 import pytest
+from conftest import load_study, mlflow_runs, run_sweep
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+
 from clipsweep.errors import ConfigError
 from clipsweep.names import CONFIG_ATTR, NORMS_ATTR
 from clipsweep.recommend import RecommendSettings, recommend
 from clipsweep.telemetry import NormSegments
-from conftest import load_study, mlflow_runs, run_sweep
-from optuna.distributions import CategoricalDistribution, FloatDistribution
-from optuna.trial import TrialState, create_trial
 
 STEPS = 1000
 THRESHOLD = FloatDistribution(0.01, 100.0, log=True)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import optuna
 import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
 from clipsweep.errors import ConfigError
 from clipsweep.search_space import format_value, parse_search_space
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 
 def _only(grammar: str):

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.trial import TrialState
+
 from clipsweep import storage as storages
 from clipsweep import study as studies
 from clipsweep.errors import ConfigError
 from clipsweep.names import STORAGE_ENV
-from optuna.trial import TrialState
 
 
 def test_open_storage_postgres_shares_a_study_between_connections(postgres_url: str) -> None:

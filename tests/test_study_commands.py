@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SWEPT_STUDY, TINY, load_study, mlflow_runs
+from optuna.trial import TrialState
+
 from clipsweep.cli import main
 from clipsweep.names import PARENT_RUN_ATTR
 from clipsweep.recommend import RecommendSettings, recommend
-from conftest import SWEPT_STUDY, TINY, load_study, mlflow_runs
-from optuna.trial import TrialState
 
 STUDY = SWEPT_STUDY
 

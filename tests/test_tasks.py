@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from clipsweep.config import AddingConf, CopyMemoryConf, DigitsConf, TextCSVConf
 from clipsweep.errors import ConfigError
 from clipsweep.tasks import AddingTask, CopyMemoryTask, DigitsTask, TextCSVTask

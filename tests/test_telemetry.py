@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from clipsweep.clipping import NormClip
 from clipsweep.telemetry import STEP_METRICS, Telemetry, layer_name
 

@@ -6,12 +6,13 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from clipsweep.errors import ConfigError
 from clipsweep.tasks import AddingTask
 from clipsweep.telemetry import Telemetry
 from clipsweep.tracking import NullTracker
 from clipsweep.training import Trainer, build, train
-from torch.utils._python_dispatch import TorchDispatchMode
 
 SMALL = ("model.hidden_size=16", "task.seq_len=12", "task.val_size=64", "train.batch_size=8")
 

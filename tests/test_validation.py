@@ -6,12 +6,13 @@ import json
 import math
 
 import numpy as np
+from omegaconf import OmegaConf
+
 from clipsweep.histogram import NormHistogram
 from clipsweep.recommendation import Recommendation, TrialNorms
 from clipsweep.tracking import NullTracker
 from clipsweep.training import build, train
 from clipsweep.validation import Validation, validate
-from omegaconf import OmegaConf
 
 TINY = ("model.hidden_size=8", "task.seq_len=10", "task.val_size=32", "train.batch_size=8", "train.steps=20",
         "train.eval_every=10", "optim.lr=0.05", "train.seed=5")  # fmt: skip
