@@ -16,7 +16,7 @@ from clipsweep.export import ExportFormat, Which, choose, render, reproduce_comm
 from clipsweep.names import BEST_TRIAL_TAG, CONCLUDED_ATTR, FAIL_REASON_ATTR, STATUS_ATTR, VALIDATION_ATTR
 from clipsweep.plan import SweepPlan
 from clipsweep.recommend import recommend
-from clipsweep.report import log_recommendation, trials_table
+from clipsweep.report import log_recommendation, log_sweep_figure, trials_table
 from clipsweep.storage import mask_url
 from clipsweep.tracking import Tracker
 
@@ -84,7 +84,14 @@ def _log_plots(study: optuna.Study, parent: Tracker) -> None:
             except Exception:  # e.g. importances need two parameters and several trials
                 continue
             first = axes.flat[0] if hasattr(axes, "flat") else axes
+            if name == "optimization_history" and _spans_decades(study):
+                first.set_yscale("log")  # good values are not squashed against the axis
             parent.log_figure(first.figure, f"plots/{name}.png")
+
+
+def _spans_decades(study: optuna.Study) -> bool:
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    return bool(values) and min(values) > 0 and max(values) >= 10 * min(values)
 
 
 def conclude(
@@ -128,6 +135,7 @@ def conclude(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     log_recommendation(parent, recommendation, validation)
+    log_sweep_figure(parent, study, recommendation)
     parent.log_text(text, "export/best.yaml")
     lines.append(
         f"exported the {choice.which.value} config ({choice.reason}) to {out}\n"

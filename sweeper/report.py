@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from clipsweep.names import RECOMMENDED_TAG, RECOMMENDED_TRIAL_TAG
 from clipsweep.plots import norm_histogram_png
@@ -71,3 +71,54 @@ def log_recommendation(tracker: Tracker, recommendation: Recommendation, validat
     record = {"recommendation": recommendation.to_dict(), "validation": validation.to_dict() if validation else None}
     tracker.log_text(json.dumps(record, indent=1), "recommendation/recommendation.json")
     tracker.log_figure(recommendation_png(recommendation), "recommendation/grad_norms.png")
+
+
+def log_sweep_figure(tracker: Tracker, study: optuna.Study, recommendation: Recommendation) -> None:
+    """The objective against the threshold on the parent run; the trials are read here, the figure is
+    drawn on the tracker's writer thread."""
+    trials = study.get_trials(deepcopy=False)
+    if any("clip.threshold" in t.params for t in trials):
+        name = study.study_name
+        tracker.log_figure(
+            lambda: objective_vs_threshold(trials, name, recommendation), "plots/objective_vs_threshold.png"
+        )
+
+
+def objective_vs_threshold(trials: Sequence[FrozenTrial], study_name: str, recommendation: Recommendation) -> Any:
+    """The picture the product is about: each trial's objective against its threshold (log x; log y
+    when the objective spans a decade), coloured by learning rate when it was searched, pruned and
+    diverged trials at the top edge, the recommendation and its interval marked. A matplotlib Figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    trials = [t for t in trials if "clip.threshold" in t.params]
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)]
+    stopped = [t for t in trials if t.state == TrialState.PRUNED]
+    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=100)
+    values = [t.value for t in done]
+    axes.set_xscale("log")
+    if values and min(values) > 0 and max(values) >= 10 * min(values):
+        axes.set_yscale("log")
+    x = [t.params["clip.threshold"] for t in done]
+    if done and all("optim.lr" in t.params for t in done):
+        points = axes.scatter(x, values, c=[t.params["optim.lr"] for t in done], cmap="viridis",
+                              norm=matplotlib.colors.LogNorm(), label="completed", zorder=3)  # fmt: skip
+        figure.colorbar(points, ax=axes, label="optim.lr")
+    else:
+        axes.scatter(x, values, color="tab:blue", label="completed", zorder=3)
+    if stopped:
+        top = max(values) if values else 1.0
+        axes.scatter([t.params["clip.threshold"] for t in stopped], [top] * len(stopped), marker="x",
+                     color="tab:gray", label="pruned / diverged (at the top edge)", zorder=2)  # fmt: skip
+    if recommendation.interval is not None:
+        axes.axvspan(*recommendation.interval, color="tab:green", alpha=0.15, label="within tolerance")
+    if recommendation.threshold is not None:
+        axes.axvline(recommendation.threshold, color="tab:green", label=f"recommended {recommendation.threshold:.3g}")
+    axes.set_xlabel("clip.threshold")
+    axes.set_ylabel(recommendation.objective)
+    axes.set_title(f"study {study_name!r}: {recommendation.objective} ({recommendation.direction}) by threshold")
+    axes.legend(fontsize=8, loc="best")
+    figure.tight_layout()
+    return figure
