@@ -52,6 +52,11 @@ def _register_sweeper() -> None:
 
 
 def run_command(args: Sequence[str], validated: bool = False) -> int:
+    if not validated and any(a in ("-h", "--help") for a in args):  # Hydra's lists internal schema/* groups
+        from clipsweep.usage import run_help
+
+        print(run_help(conf_dir()))
+        return 0
     import hydra
 
     from clipsweep.config import register_schemas

@@ -4,9 +4,11 @@ it, so the help never restates a default or drifts from the schema."""
 from __future__ import annotations
 
 import dataclasses
+from enum import Enum
+from pathlib import Path
 from typing import Any
 
-from clipsweep.config import SWEEPER_SCHEMAS, RecommendConf, SweeperConf
+from clipsweep.config import SCHEMAS, SWEEPER_SCHEMAS, RecommendConf, SweeperConf, TrackingConf, TrainConf
 
 
 def field_docs(schema: type) -> dict[str, str]:
@@ -52,3 +54,32 @@ def sweeper_help() -> str:
 def dataclasses_defaults(schema: type) -> dict[str, Any]:
     instance = schema()
     return {f.name: getattr(instance, f.name) for f in dataclasses.fields(schema)}
+
+
+def run_help(conf: Path) -> str:
+    """``clipsweep run --help``: the user-facing config groups (the directories of ``conf``, not the
+    internal ``schema/*`` ones Hydra's own help lists), each group option's keys with their defaults,
+    and the ``train``/``tracking`` keys with their meaning."""
+    lines = [
+        "usage: clipsweep run [group=option ...] [key=value ...] [--multirun] [--config-dir DIR] [--cfg job]",
+        "",
+        "Config groups (group=option) and each option's keys (default):",
+    ]
+    for group in sorted(p for p in conf.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+        lines.append(f"  {group.name}: {', '.join(sorted(p.stem for p in group.glob('*.yaml')))}")
+        for name, schema in SCHEMAS.get(group.name, {}).items():
+            keys = [
+                f"{k}={_shown(v)}" for k, v in dataclasses_defaults(schema).items() if k not in ("_target_", "method")
+            ]
+            lines.append(f"      {name}: {', '.join(keys) or '(no keys)'}")
+    for key, schema in (("train", TrainConf), ("tracking", TrackingConf)):
+        lines.append(f"{key} keys (default):")
+        docs = field_docs(schema)
+        for name, default in dataclasses_defaults(schema).items():
+            lines.append(f"  {key}.{name} ({_shown(default)})" + (f": {docs[name]}" if name in docs else ""))
+    lines += ["", "Sweeping: clipsweep sweep --help. Hydra's own flags: clipsweep run --hydra-help."]
+    return "\n".join(lines)
+
+
+def _shown(value: Any) -> str:
+    return repr(value.value if isinstance(value, Enum) else value)
