@@ -32,7 +32,7 @@ commands:
   trials     every trial's state, outcome, objective and failure reason: clipsweep trials --study NAME [--format json]
   calibrate  one pilot run → a threshold, no sweep: clipsweep calibrate model=gru task=copy_memory
 
-Run 'clipsweep run --help' for the config groups and Hydra's flags."""
+Run 'clipsweep run --help' for the config groups and keys, 'clipsweep sweep --help' for the sweeper's."""
 
 _VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--experimental-rerun"}
 
