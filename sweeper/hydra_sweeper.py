@@ -12,10 +12,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from clipsweep import interrupts
 from clipsweep import study as studies
 from clipsweep.conclusion import conclude, write_results
 from clipsweep.errors import SweepFailed
@@ -61,18 +60,6 @@ from clipsweep.tracking import Tracker, make_tracker, masked
 
 _POLL_SECONDS = 2.0
 _FAILED_PREFIX = "sweep failed: "
-
-
-def _sigterm_as_interrupt() -> Callable[[], None]:
-    """Make SIGTERM (docker stop, a scheduler's preemption) end the sweep like Ctrl-C; returns the undo."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 class OptunaSweeper(Sweeper):
@@ -125,7 +112,7 @@ class OptunaSweeper(Sweeper):
             },
         )
         status, conclusion, summary = "FINISHED", "", ""
-        restore = _sigterm_as_interrupt()
+        restore = interrupts.install()
         try:  # from here on the parent run is open: whatever happens, it is closed (no RUNNING run, no hang)
             if parent.run_id:  # where `clipsweep export` logs the exported file later
                 study.set_user_attr(PARENT_RUN_ATTR, parent.run_id)

@@ -41,6 +41,13 @@ def run_job(config: DictConfig) -> dict[str, Any]:
     and the resolved ``config`` (what an export of this trial writes). Inside a clipsweep sweep the job reports its
     validation objective to its Optuna trial and stops when the pruner says so.
     """
+    from clipsweep.interrupts import deferred
+
+    with deferred():  # a signal stops the job at a step, never inside a store write
+        return _run_job(config)
+
+
+def _run_job(config: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     from clipsweep.study import TrialReporter

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from clipsweep.clipping import Clipper, ClipStats, make_clipper
 from clipsweep.config import NonFinite
 from clipsweep.errors import ConfigError
+from clipsweep.interrupts import raise_if_requested
 from clipsweep.names import CLIP_METHOD_TAG, DEVICE_TAG, STATUS_TAG, STEPS_DONE_TAG
 from clipsweep.plots import norm_histogram_png
 from clipsweep.progress import RunProgress
@@ -348,6 +349,7 @@ def train(
     windows: list[Window] = []
     try:
         for step in range(steps):
+            raise_if_requested()  # a SIGINT/SIGTERM recorded by the sweep's handler stops here, between writes
             trainer.step(step)
             done = step + 1
             last = done == steps
