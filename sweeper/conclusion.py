@@ -16,6 +16,7 @@ from clipsweep.export import ExportFormat, Which, choose, render, reproduce_comm
 from clipsweep.names import BEST_TRIAL_TAG, CONCLUDED_ATTR, FAIL_REASON_ATTR, STATUS_ATTR, VALIDATION_ATTR
 from clipsweep.plan import SweepPlan
 from clipsweep.recommend import recommend
+from clipsweep.recommendation import spans_a_decade
 from clipsweep.report import log_recommendation, log_sweep_figure, trials_table
 from clipsweep.storage import mask_url
 from clipsweep.tracking import Tracker
@@ -72,6 +73,7 @@ def _log_plots(study: optuna.Study, parent: Tracker) -> None:
 
     from optuna.visualization import matplotlib as plots
 
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, draw in (
@@ -84,14 +86,9 @@ def _log_plots(study: optuna.Study, parent: Tracker) -> None:
             except Exception:  # e.g. importances need two parameters and several trials
                 continue
             first = axes.flat[0] if hasattr(axes, "flat") else axes
-            if name == "optimization_history" and _spans_decades(study):
+            if name == "optimization_history" and spans_a_decade(values):
                 first.set_yscale("log")  # good values are not squashed against the axis
             parent.log_figure(first.figure, f"plots/{name}.png")
-
-
-def _spans_decades(study: optuna.Study) -> bool:
-    values = [t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    return bool(values) and min(values) > 0 and max(values) >= 10 * min(values)
 
 
 def conclude(

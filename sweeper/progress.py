@@ -67,13 +67,13 @@ class RunProgress:
     def evaluated(self, done: int, train_loss: float, norm: float, val: Mapping[str, float]) -> None:
         """After each evaluation: the bar's text on a terminal, one line elsewhere."""
         scores = " | ".join(f"{k} {v:.4g}" for k, v in val.items())
-        left = eta(time.perf_counter() - self.started, done, self.total)
         if self.bar is not None:
             self.bar.update(done - self.bar.n)
             self.bar.set_postfix_str(f"loss {train_loss:.4g} | norm {norm:.3g} | {scores}")
             return
         loss = "nan" if math.isnan(train_loss) else f"{train_loss:.4g}"
         line = f"[{self.label}] step {done}/{self.total} | train/loss {loss} | grad norm {norm:.3g} | {scores}"
+        left = eta(time.perf_counter() - self.started, done, self.total)
         print(f"{line} | ETA {left}", file=self.log, flush=True)
 
     def close(self) -> None:

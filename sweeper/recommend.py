@@ -58,6 +58,7 @@ from clipsweep.recommendation import (
     compact,
     global_threshold,
     percentile_of,
+    spans_a_decade,
     trial_norms,
 )
 
@@ -137,7 +138,7 @@ class _Space:
 def _regret(values: np.ndarray, direction: str) -> np.ndarray:
     """0 for the best, 1 for the worst completed value; log scale when they span a decade or more."""
     loss = values if direction == "minimize" else -values
-    if direction == "minimize" and (values > 0).all() and values.max() >= 10 * values.min():
+    if direction == "minimize" and spans_a_decade(values.tolist()):
         loss = np.log(values)  # losses: 1e-4 vs 2e-4 matters as much as 0.1 vs 0.2 (not so for accuracies)
     gap = loss.max() - loss.min()
     return (loss - loss.min()) / gap if gap > 0 else np.zeros_like(loss)

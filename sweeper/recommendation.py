@@ -5,7 +5,7 @@ that explain it (``Recommendation``). The rule that makes one is ``sweeper.recom
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,6 +154,12 @@ class Recommendation:
             + " ".join(f"{k}={compact(v)}" for k, v in self.best.params.items())
         )
         return "\n".join(lines)
+
+
+def spans_a_decade(values: Sequence[float]) -> bool:
+    """Positive values whose largest is at least ten times the smallest: losses that are compared,
+    and plotted, on a log scale (1e-4 vs 2e-4 matters as much as 0.1 vs 0.2)."""
+    return len(values) > 0 and min(values) > 0 and max(values) >= 10 * min(values)
 
 
 def compact(value: Any) -> str:

@@ -12,7 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from clipsweep.names import RECOMMENDED_TAG, RECOMMENDED_TRIAL_TAG
 from clipsweep.plots import norm_histogram_png
-from clipsweep.recommendation import Recommendation
+from clipsweep.recommendation import Recommendation, spans_a_decade
 from clipsweep.tracking import Tracker
 from clipsweep.validation import Validation
 
@@ -99,7 +99,7 @@ def objective_vs_threshold(trials: Sequence[FrozenTrial], study_name: str, recom
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=100)
     values = [t.value for t in done]
     axes.set_xscale("log")
-    if values and min(values) > 0 and max(values) >= 10 * min(values):
+    if spans_a_decade(values):
         axes.set_yscale("log")
     x = [t.params["clip.threshold"] for t in done]
     if done and all("optim.lr" in t.params for t in done):

@@ -4,7 +4,6 @@ object has."""
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,13 @@ from clipsweep.config import SCHEMAS, RecommendConf, SweeperConf, sweeper_settin
 from clipsweep.plan import plan_sweep
 from clipsweep.recommend import RecommendSettings
 from clipsweep.training import build
+from clipsweep.usage import dataclasses_defaults
 
 OURS = [(group, name) for group in ("model", "task") for name in SCHEMAS[group]]
 
 
 def _fields(schema: type) -> dict[str, Any]:
-    return {f.name: f.default for f in dataclasses.fields(schema) if not f.name.startswith("_")}
+    return {k: v for k, v in dataclasses_defaults(schema).items() if not k.startswith("_")}
 
 
 @pytest.mark.parametrize(("group", "name"), OURS)
