@@ -228,15 +228,20 @@ def _secrets_to_environment(args: Sequence[str]) -> list[str]:
     """A URL with a password on the command line moves to the environment variable that the config
     reads anyway (``CLIPSWEEP_STORAGE``, ``MLFLOW_TRACKING_URI``), so that nothing Hydra records of
     the command line (``.hydra/*.yaml``, job overrides, the sweep's parent run) holds the password;
-    the storage override stays, masked, to show where the study lives."""
+    the storage override stays, masked, to show where the study lives. A relative local store
+    (``sqlite:///clipsweep.db``) is made absolute first: a job that a launcher runs in another
+    working directory must open the same file."""
 
-    from clipsweep.storage import mask_url
+    from clipsweep.storage import absolute_url, mask_url
 
     variables = {"hydra.sweeper.storage": STORAGE_ENV, "tracking.uri": TRACKING_URI_ENV}
     kept = []
     for arg in args:
         key, eq, value = arg.partition("=")
         name = key.lstrip("+")
+        if eq and name in variables:  # a relative local store: the same file for jobs in other directories
+            value = absolute_url(value, os.getcwd())
+            arg = f"{key}={value}"
         if eq and name in variables and mask_url(value) != value:
             os.environ[variables[name]] = value
             if name == "hydra.sweeper.storage":

@@ -18,6 +18,10 @@ class ConfigError(ValueError):
         self.allowed = allowed
         super().__init__(f"{key}={value!r} is not allowed: {allowed}")
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, Any, str]]:
+        """Picklable: a job on a Ray worker or in a submitit process returns its error to the sweep."""
+        return (ConfigError, (self.key, self.value, self.allowed))
+
     def under(self, prefix: str) -> ConfigError:
         """The same error with its key placed under a config group (``threshold`` → ``clip.threshold``)."""
         return ConfigError(f"{prefix}.{self.key}", self.value, self.allowed)

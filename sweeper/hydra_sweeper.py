@@ -26,7 +26,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from clipsweep import interrupts
+from clipsweep import interrupts, launching
 from clipsweep import study as studies
 from clipsweep.conclusion import conclude, write_results
 from clipsweep.errors import SweepFailed
@@ -35,6 +35,7 @@ from clipsweep.names import (
     FAIL_REASON_ATTR,
     FIXED_ATTR,
     INTERRUPTED_ATTR,
+    LOST_ATTR,
     NORMS_ATTR,
     PARENT_RUN_ATTR,
     PARENT_RUN_ENV,
@@ -78,6 +79,7 @@ class OptunaSweeper(Sweeper):
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
+        launching.prepare(self.launcher)
 
     def _settings(self) -> dict[str, Any]:
         return OmegaConf.to_container(OmegaConf.create(self.settings), resolve=True)  # type: ignore[return-value]
@@ -90,6 +92,7 @@ class OptunaSweeper(Sweeper):
         is easiest to check when the whole lifecycle reads top to bottom in one function.
         """
         plan = plan_sweep(self._settings(), arguments)
+        launching.start(self.launcher)  # an engine that cannot be joined: refused before any store write
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)  # before either store is written: a bad dir writes nothing
         study = open_planned_study(plan)
@@ -193,7 +196,7 @@ class OptunaSweeper(Sweeper):
                     return None
                 told: set[int] = set()
                 try:
-                    returns = self.launcher.launch([o for _, o in batch], initial_job_idx=self.job_idx)
+                    returns = launching.launch(self.launcher, [o for _, o in batch], self.job_idx)
                     self.job_idx += len(batch)
                     for (trial, _), job in zip(batch, returns):
                         retrying(self._tell, plan, study, trial, job, parent)
@@ -218,18 +221,18 @@ class OptunaSweeper(Sweeper):
             if plan.custom_search_space is not None:
                 plan.custom_search_space(self.config, trial)
             overrides = plan.space.overrides(trial.params)
-            env = {
-                TRIAL_ID_ENV: trial._trial_id,
-                TRIAL_NUMBER_ENV: trial.number,
-                STUDY_ENV: plan.study_name,
-            }
+            env = {TRIAL_ID_ENV: trial._trial_id, TRIAL_NUMBER_ENV: trial.number, STUDY_ENV: plan.study_name}
             if parent.run_id:
                 env[PARENT_RUN_ENV] = parent.run_id
+            pinned = {f"hydra.job.env_set.{k}": str(v) for k, v in env.items()}
+            pinned |= launching.job_locations(
+                str(self.config.hydra.sweep.dir), plan.storage_url, str(self.config.tracking.uri), os.getcwd()
+            )
             # Keys conf/config.yaml declares need no "++", and Hydra's launchers leave "hydra." overrides
             # out of the line they print per job: the trial's plumbing stays off the console.
-            declared = self.config.hydra.job.env_set
-            prefix = "" if all(k in declared for k in env) else "++"
-            overrides += [f"{prefix}hydra.job.env_set.{k}={format_value(str(v))}" for k, v in env.items()]
+            for key, value in pinned.items():
+                prefix = "" if OmegaConf.select(self.config, key) is not None else "++"
+                overrides.append(f"{prefix}{key}={format_value(value)}")
             overrides += self._thread_overrides(plan)
             self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             return overrides
@@ -258,6 +261,29 @@ class OptunaSweeper(Sweeper):
         study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF_ATTR: trial.number})
 
     @staticmethod
+    def _lost(plan: SweepPlan, study: optuna.Study, trial: Trial, reason: str, parent: Tracker) -> None:
+        """A job its engine lost: what a stale heartbeat gets on one machine, if the job had started.
+
+        A started job (its MLflow run recorded) lost its worker: the run, left open by the dead
+        process, is closed as KILLED; the trial fails with the engine's reason and a copy is enqueued,
+        up to ``max_retry`` times along one retry chain, after which the failure counts against
+        ``max_failure_rate``. A job that never started says the engine cannot run jobs at all (a
+        cluster it cannot reach): retrying would only repeat that, so it counts at once.
+        """
+        run_id = study._storage.get_trial(trial._trial_id).user_attrs.get(RUN_ID_ATTR)
+        if not run_id:  # never started: the engine itself failed (unreachable cluster, bad resources)
+            OptunaSweeper._fail(study, trial, f"the launcher could not run the job: {reason}")
+            return
+        parent.end_other_run(run_id, "KILLED", {TRIAL_STATE_TAG: "FAIL (job lost)"})
+        retries = studies.retry_depth(study, trial.number)
+        if retries >= plan.max_retry:
+            OptunaSweeper._fail(study, trial, f"job lost {retries + 1} time(s), last: {reason}")
+            return
+        trial.set_user_attr(LOST_ATTR, reason[:1000])
+        studies.tell(study, trial, state=TrialState.FAIL)
+        study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF_ATTR: trial.number})
+
+    @staticmethod
     def _fail(study: optuna.Study, trial: Trial, reason: str) -> None:
         trial.set_user_attr(FAIL_REASON_ATTR, reason[:1000])
         studies.tell(study, trial, state=TrialState.FAIL)
@@ -265,7 +291,13 @@ class OptunaSweeper(Sweeper):
     def _tell(self, plan: SweepPlan, study: optuna.Study, trial: Trial, job: JobReturn, parent: Tracker) -> None:
         if job.status != JobStatus.COMPLETED:
             error = job._return_value
+            if isinstance(error, launching.LostJob):
+                self._lost(plan, study, trial, str(error), parent)
+                return
             self._fail(study, trial, f"{type(error).__name__}: {error}")
+            run_id = study._storage.get_trial(trial._trial_id).user_attrs.get(RUN_ID_ATTR)
+            if run_id:  # the job closed its run itself; the tag tells the UI how the trial ended
+                parent.tag_run(run_id, {TRIAL_STATE_TAG: "FAIL"})
             return
         result = job.return_value if isinstance(job.return_value, Mapping) else {}
         for attr, key in ((NORMS_ATTR, "norms"), (CONFIG_ATTR, "config")):

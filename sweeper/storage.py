@@ -20,6 +20,7 @@ from clipsweep.errors import ConfigError
 from clipsweep.names import STORAGE_ENV
 
 _OPEN_ATTEMPTS = 4
+_CONNECT_TIMEOUT_S = 10
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -40,11 +41,36 @@ def mask_url(url: str) -> str:
         return url
 
 
+def absolute_url(url: str, base: str | os.PathLike[str]) -> str:
+    """``url`` with a relative local file made absolute against ``base``; any other URL unchanged.
+
+    A job that a launcher runs in another working directory (a Ray worker, a submitit job) must open
+    the same SQLite file, journal or MLflow store as the sweep that started it, not a fresh one
+    beside itself. Covers ``sqlite:///rel``, ``journal:rel``, ``file:rel`` and a bare path (an
+    MLflow local store); server URLs (``postgresql://``, ``http://``) and in-memory SQLite pass.
+    """
+    for prefix in ("sqlite:///", JOURNAL_PREFIX, "file:"):
+        if url.startswith(prefix):
+            path = url[len(prefix) :]
+            if prefix == "file:" and path.startswith("//"):
+                return url  # file:///abs or file://host/...: already absolute
+            if not path or path.startswith("/") or path.startswith(":memory:"):
+                return url
+            return prefix + os.path.normpath(os.path.join(os.fspath(base), path))
+    if "://" in url or not url:
+        return url
+    return os.path.normpath(os.path.join(os.fspath(base), url))
+
+
 def storage_url(configured: str | None) -> str:
     """``CLIPSWEEP_STORAGE`` when set (credentials stay out of config files), else the config's."""
     url = os.environ.get(STORAGE_ENV) or configured
     if not url:
         raise ConfigError("hydra.sweeper.storage", configured, f"a storage URL (or set {STORAGE_ENV})")
+    if ":***@" in url:  # what a config file holds of a URL whose password stayed in the sweep's environment
+        raise ConfigError(
+            "hydra.sweeper.storage", url, f"the URL with its password in {STORAGE_ENV} (set it on every node)"
+        )
     return url
 
 
@@ -73,6 +99,9 @@ def open_storage(
         engine_kwargs["connect_args"] = {"timeout": 60}
     else:
         engine_kwargs["pool_pre_ping"] = True  # a connection dropped by a database restart is replaced
+    if url.startswith("postgresql"):
+        # A node behind a firewall that drops packets would otherwise wait on connect() forever.
+        engine_kwargs["connect_args"] = {"connect_timeout": _CONNECT_TIMEOUT_S}
     error: Exception | None = None
     # Workers started together race to create the schema; a few short retries settle it.
     for attempt in range(_OPEN_ATTEMPTS):

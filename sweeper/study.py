@@ -26,6 +26,7 @@ from clipsweep.errors import ConfigError
 from clipsweep.names import (
     FAIL_REASON_ATTR,
     PARENT_RUN_ENV,
+    RETRY_OF_ATTR,
     RUN_ID_ATTR,
     STUDY_ENV,
     STUDY_TAG,
@@ -34,7 +35,7 @@ from clipsweep.names import (
     TRIAL_NUMBER_ENV,
     TRIAL_NUMBER_TAG,
 )
-from clipsweep.storage import open_storage, retrying, storage_url
+from clipsweep.storage import mask_url, open_storage, retrying, storage_url
 
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 
@@ -157,6 +158,16 @@ def ask_within_budget(study: optuna.Study, n_trials: int) -> Trial | None:
     return trial
 
 
+def retry_depth(study: optuna.Study, number: int) -> int:
+    """How many retries led to trial ``number``: the length of its ``retry_of`` chain."""
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    depth, trial = 0, by_number.get(number)
+    while trial is not None and RETRY_OF_ATTR in trial.user_attrs:
+        depth += 1
+        trial = by_number.get(int(trial.user_attrs[RETRY_OF_ATTR]))
+    return depth
+
+
 def foreign_running(study: optuna.Study, own: set[int]) -> list[FrozenTrial]:
     """RUNNING trials that another worker (alive, or dead and not yet stale) holds."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t._trial_id not in own]
@@ -250,7 +261,14 @@ class TrialReporter:
         )
         # The pruner decides in this process, so it is built from the same sweeper config.
         pruner = instantiate(settings["pruner"])
-        study = optuna.load_study(study_name=os.environ[STUDY_ENV], storage=storage, pruner=pruner)
+        try:
+            study = optuna.load_study(study_name=os.environ[STUDY_ENV], storage=storage, pruner=pruner)
+        except KeyError:  # an empty database beside the job, not the sweep's
+            raise ConfigError(
+                "hydra.sweeper.storage",
+                mask_url(storage_url(settings["storage"])),
+                f"the storage holding study {os.environ[STUDY_ENV]!r} (the job must reach the sweep's storage)",
+            ) from None
         objective = settings["objective"]
         first = objective[0] if isinstance(objective, Sequence) and not isinstance(objective, str) else objective
         return cls(

@@ -15,7 +15,15 @@ from typing import Any
 
 import optuna
 
-from clipsweep.names import FAIL_REASON_ATTR, INTERRUPTED_ATTR, NORMS_ATTR, RUN_ID_ATTR, STATUS_ATTR, SURPLUS_ATTR
+from clipsweep.names import (
+    FAIL_REASON_ATTR,
+    INTERRUPTED_ATTR,
+    LOST_ATTR,
+    NORMS_ATTR,
+    RUN_ID_ATTR,
+    STATUS_ATTR,
+    SURPLUS_ATTR,
+)
 from clipsweep.telemetry import NormSegments
 
 FORMATS = ("table", "json", "csv")
@@ -28,6 +36,8 @@ def _outcome(trial: optuna.trial.FrozenTrial) -> str:
         return "surplus (never run)"
     if trial.user_attrs.get(INTERRUPTED_ATTR):
         return "interrupted (retried)"
+    if trial.user_attrs.get(LOST_ATTR):
+        return "lost (retried)"
     if status == "diverged":
         return "diverged"
     return {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}.get(
@@ -58,7 +68,7 @@ def rows(study: optuna.Study, objectives: Sequence[str]) -> list[dict[str, Any]]
                 "step": last,
                 **{f"params.{k}": v for k, v in t.params.items()},
                 "clip_fraction": _clip_fraction(t),
-                "reason": t.user_attrs.get(FAIL_REASON_ATTR, ""),
+                "reason": t.user_attrs.get(FAIL_REASON_ATTR) or t.user_attrs.get(LOST_ATTR, ""),
                 "mlflow_run_id": t.user_attrs.get(RUN_ID_ATTR, ""),
             }
         )

@@ -1,0 +1,154 @@
+"""Running a sweep's jobs wherever Hydra's launcher puts them: this process, a local pool, a Ray
+cluster, a submitit (SLURM) job.
+
+The in-process and joblib launchers share the sweep's machine, working directory and environment,
+and return a batch of jobs together. Ray and submitit run each job in a process they start, on a node
+they choose, in a working directory of their own, and gather the batch in one call that fails as a
+whole when one job is lost (a worker killed, a job past its time limit). Two rules keep a sweep
+correct on all of them:
+
+- A job finds its output directory, study storage and MLflow store from what travels with it (its
+  overrides, absolute), never from the sweep's working directory or environment. Credentials are
+  the exception: a URL holding a password stays in the environment, so each node needs it there.
+- A job its engine loses fails only its own trial (``LostJob``): the others' results still arrive,
+  and the sweep retries the lost trial like one whose worker stopped beating.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.plugins.launcher import Launcher
+from omegaconf import OmegaConf, open_dict
+
+from clipsweep.errors import ConfigError
+from clipsweep.names import STORAGE_ENV, TRACKING_URI_ENV
+from clipsweep.storage import absolute_url, mask_url
+
+# Launchers that run a batch on this machine and return it together (a failing job comes back as a
+# failed JobReturn, not as an exception): they get the whole batch in one call.
+_BATCHING = ("BasicLauncher", "JoblibLauncher")
+_JOIN_SECONDS = 0.5
+
+
+class LostJob(Exception):
+    """The launcher's engine lost a job (worker killed, time limit, node gone): no result came back."""
+
+
+def batches_locally(launcher: Launcher) -> bool:
+    return type(launcher).__name__ in _BATCHING
+
+
+def prepare(launcher: Launcher) -> None:
+    """Engine settings the sweep relies on, where the user has not set them.
+
+    Ray: a task whose worker dies is not re-run by Ray (``max_retries=0``): it would reuse the failed
+    trial and leave the first MLflow run open, while the sweep retries it as a fresh trial; and
+    connecting to a running cluster (``init.address``) must not pass the object-store size that
+    hydra-ray-launcher sets for a cluster it starts itself. submitit: a job past its time limit is
+    not requeued (``max_num_timeout=0``, the SLURM config's own default; the local executor's is 3):
+    the job has no checkpoint to resume from, so a requeue would rerun the same trial from step 0.
+    """
+    if type(launcher).__module__.startswith("hydra_plugins.hydra_submitit_launcher"):
+        launcher.params.setdefault("max_num_timeout", 0)  # type: ignore[attr-defined]
+    ray_cfg = getattr(launcher, "ray_cfg", None)
+    if ray_cfg is None:
+        return
+    with open_dict(ray_cfg):
+        if ray_cfg.get("remote") is None:
+            ray_cfg.remote = {}
+        ray_cfg.remote.setdefault("max_retries", 0)
+        if ray_cfg.init.get("address"):
+            ray_cfg.init.setdefault("object_store_memory", None)
+        else:  # what hydra-ray-launcher gives a cluster it starts (enough for CI machines)
+            ray_cfg.init.setdefault("object_store_memory", 78643200)
+
+
+def start(launcher: Launcher) -> None:
+    """Join the engine before the sweep writes anything, once for every job thread to share.
+
+    A Ray cluster that cannot be joined is one ``ConfigError`` naming the address, with nothing in
+    the stores; and the job threads of ``launch`` never race to initialise Ray themselves.
+    """
+    ray_cfg = getattr(launcher, "ray_cfg", None)
+    if ray_cfg is None:
+        return
+    import ray
+
+    if ray.is_initialized():
+        return
+    init = OmegaConf.to_container(ray_cfg.init, resolve=True)
+    try:
+        ray.init(**init)  # type: ignore[arg-type]
+    except Exception as err:
+        chain = _causes(err)
+        if "InvalidAuthToken" in chain:
+            allowed = "a cluster whose token this machine has: RAY_AUTH_MODE=token, the token in ~/.ray/auth_token"
+        else:
+            allowed = f"a Ray cluster this machine can join ({_reason(err)})"
+        raise ConfigError("hydra.launcher.ray.init.address", init.get("address"), allowed) from None
+
+
+def _causes(err: BaseException) -> str:
+    texts = []
+    while err is not None and len(texts) < 8:
+        texts.append(str(err))
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return "\n".join(texts)
+
+
+def job_locations(sweep_dir: str | Path, storage: str, tracking_uri: str, cwd: str | Path) -> dict[str, str]:
+    """Overrides that pin where a job writes, whatever its working directory: its output directory,
+    and (for URLs without a password) the study storage and the MLflow store, made absolute.
+
+    Keys are Hydra override keys; environment variables go through ``hydra.job.env_set``, which a
+    job applies before its config is resolved, and which the per-job console line leaves out.
+    """
+    pinned = {"hydra.sweep.dir": absolute_url(str(sweep_dir), cwd)}
+    for variable, url in ((STORAGE_ENV, storage), (TRACKING_URI_ENV, tracking_uri)):
+        if mask_url(url) == url:  # a password stays in the environment, out of every file
+            pinned[f"hydra.job.env_set.{variable}"] = absolute_url(url, cwd)
+    return pinned
+
+
+def launch(launcher: Launcher, batch: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    """Launch a batch; a job the engine loses comes back as a failed JobReturn holding a ``LostJob``.
+
+    Engines that gather a batch in one call get one call per job, in threads (the calls wait on
+    remote work: the threads only wait), so one lost job cannot take its batch's results with it.
+    The threads are daemons: an interrupted sweep does not wait for remote jobs to end.
+    """
+    if batches_locally(launcher):
+        return list(launcher.launch(batch, initial_job_idx=initial_job_idx))
+    if len(batch) == 1:
+        return _launch_one_or_lose(launcher, batch, initial_job_idx)
+    results: list[list[JobReturn] | None] = [None] * len(batch)
+
+    def run(index: int) -> None:
+        results[index] = _launch_one_or_lose(launcher, [batch[index]], initial_job_idx + index)
+
+    threads = [
+        threading.Thread(target=run, args=(i,), daemon=True, name=f"clipsweep-job-{i}") for i in range(len(batch))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():  # a timed join keeps the main thread responsive to signals
+            thread.join(_JOIN_SECONDS)
+    return [r[0] for r in results if r is not None]
+
+
+def _launch_one_or_lose(launcher: Launcher, batch: Sequence[Sequence[str]], job_idx: int) -> list[JobReturn]:
+    try:
+        return list(launcher.launch(batch, initial_job_idx=job_idx))
+    except Exception as err:  # the engine's error, not the job's (run_job returns those as FAILED)
+        lost = JobReturn(status=JobStatus.FAILED, _return_value=LostJob(_reason(err)))
+        return [lost for _ in batch]
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
