@@ -48,7 +48,15 @@ def run_job(config: DictConfig) -> dict[str, Any]:
 
 
 def _run_job(config: DictConfig) -> dict[str, Any]:
+    import os
+
     from hydra.core.hydra_config import HydraConfig
+
+    from clipsweep.names import TRACKING_PIN_ENV
+
+    pinned = os.environ.get(TRACKING_PIN_ENV)
+    if pinned:  # the sweep's MLflow store, absolute: the same one whatever this job's directory
+        config.tracking.uri = pinned
 
     from clipsweep.study import TrialReporter
     from clipsweep.tracking import make_tracker, masked

@@ -25,7 +25,7 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf, open_dict
 
 from clipsweep.errors import ConfigError
-from clipsweep.names import STORAGE_ENV, TRACKING_URI_ENV
+from clipsweep.names import STORAGE_ENV, TRACKING_PIN_ENV
 from clipsweep.storage import absolute_url, mask_url
 
 # Launchers that run a batch on this machine and return it together (a failing job comes back as a
@@ -108,7 +108,7 @@ def job_locations(sweep_dir: str | Path, storage: str, tracking_uri: str, cwd: s
     job applies before its config is resolved, and which the per-job console line leaves out.
     """
     pinned = {"hydra.sweep.dir": absolute_url(str(sweep_dir), cwd)}
-    for variable, url in ((STORAGE_ENV, storage), (TRACKING_URI_ENV, tracking_uri)):
+    for variable, url in ((STORAGE_ENV, storage), (TRACKING_PIN_ENV, tracking_uri)):
         if mask_url(url) == url:  # a password stays in the environment, out of every file
             pinned[f"hydra.job.env_set.{variable}"] = absolute_url(url, cwd)
     return pinned

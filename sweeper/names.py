@@ -49,7 +49,9 @@ TRIAL_ID_ENV = "CLIPSWEEP_TRIAL_ID"
 TRIAL_NUMBER_ENV = "CLIPSWEEP_TRIAL_NUMBER"
 STUDY_ENV = "CLIPSWEEP_STUDY"
 PARENT_RUN_ENV = "CLIPSWEEP_PARENT_RUN_ID"
-"""What a sweep hands each job (through ``hydra.job.env_set``) to find its trial and parent run."""
+TRACKING_PIN_ENV = "CLIPSWEEP_TRACKING_URI"
+"""What a sweep hands each job (through ``hydra.job.env_set``) to find its trial, its parent run and
+(``TRACKING_PIN_ENV``, ``STORAGE_ENV``: absolute, when they hold no password) the sweep's stores."""
 
 # MLflow tags
 ROLE_TAG = "clipsweep.role"

@@ -37,11 +37,11 @@ def test_job_locations_pin_absolute_stores_and_leave_passwords_to_the_environmen
     assert pinned == {
         "hydra.sweep.dir": str(tmp_path / "multirun" / "x"),
         "hydra.job.env_set.CLIPSWEEP_STORAGE": f"sqlite:///{tmp_path / 'clipsweep.db'}",
-        "hydra.job.env_set.MLFLOW_TRACKING_URI": str(tmp_path / "mlruns"),
+        "hydra.job.env_set.CLIPSWEEP_TRACKING_URI": str(tmp_path / "mlruns"),
     }
     secret = job_locations(tmp_path, "postgresql://u:secret@db/x", "http://mlflow:5000", tmp_path)
     assert "hydra.job.env_set.CLIPSWEEP_STORAGE" not in secret and "secret" not in str(secret)
-    assert secret["hydra.job.env_set.MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert secret["hydra.job.env_set.CLIPSWEEP_TRACKING_URI"] == "http://mlflow:5000"
 
 
 # Ray's token authentication, which `ray start` turns on: the driver has to ask for it too.
@@ -220,13 +220,13 @@ def test_ray_node_that_cannot_reach_the_storage_fails_the_sweep_with_one_clear_r
 @pytest.mark.slow
 @pytest.mark.cluster
 def test_submitit_job_past_its_time_limit_fails_its_trial_and_closes_its_run(tmp_path: Path) -> None:
-    """submitit signals a job ``signal_delay_s`` (30 s locally) before its limit; the sweep asks for no
-    requeue (the job has no checkpoint), so the job stops at that signal."""
+    """submitit signals a job ``signal_delay_s`` before its limit (here 10 s after it starts); the sweep
+    asks for no requeue (the job has no checkpoint), so the job stops at that signal."""
     output = _finish(
         _sweep(
             tmp_path, "search=threshold", "train.steps=1000000", "train.eval_every=1000",
             "hydra.sweeper.n_trials=1", "hydra.sweeper.study_name=late", "hydra/launcher=submitit_local",
-            "hydra.launcher.timeout_min=1", env={},
+            "hydra.launcher.timeout_min=1", "+hydra.launcher.signal_delay_s=50", env={},
         ),
         returncode=1,
     )  # fmt: skip
