@@ -220,13 +220,14 @@ def test_ray_node_that_cannot_reach_the_storage_fails_the_sweep_with_one_clear_r
 @pytest.mark.slow
 @pytest.mark.cluster
 def test_submitit_job_past_its_time_limit_fails_its_trial_and_closes_its_run(tmp_path: Path) -> None:
-    """submitit signals a job ``signal_delay_s`` before its limit (here 10 s after it starts); the sweep
-    asks for no requeue (the job has no checkpoint), so the job stops at that signal."""
+    """submitit signals a job ``signal_delay_s`` before its limit (30 s with the local executor, which
+    takes no other value); the sweep asks for no requeue (the job has no checkpoint), so the job stops
+    at that signal."""
     output = _finish(
         _sweep(
             tmp_path, "search=threshold", "train.steps=1000000", "train.eval_every=1000",
             "hydra.sweeper.n_trials=1", "hydra.sweeper.study_name=late", "hydra/launcher=submitit_local",
-            "hydra.launcher.timeout_min=1", "+hydra.launcher.signal_delay_s=50", env={},
+            "hydra.launcher.timeout_min=1", env={},
         ),
         returncode=1,
     )  # fmt: skip
