@@ -142,6 +142,7 @@ class OptunaSweeper(Sweeper):
                 summary = write_results(plan, study, parent, sweep_dir, self._best_config)
             finally:
                 parent.end_run(status)
+                launching.stop(self.launcher)
         if message:
             print(f"[clipsweep] {message}", flush=True)
         print(summary, flush=True)
@@ -206,7 +207,7 @@ class OptunaSweeper(Sweeper):
                     for trial, _ in batch:
                         if trial.number not in told:
                             with contextlib.suppress(Exception):  # the storage may be what failed
-                                self._give_back(study, trial)
+                                self._give_back(study, trial, parent)
                     raise
                 print(retrying(self._progress, plan, study), flush=True)
 
@@ -250,15 +251,20 @@ class OptunaSweeper(Sweeper):
         return [f"train.threads={max(1, (os.cpu_count() or 1) // plan.n_jobs)}"]
 
     @staticmethod
-    def _give_back(study: optuna.Study, trial: Trial) -> None:
+    def _give_back(study: optuna.Study, trial: Trial, parent: Tracker) -> None:
         """A trial the sweep stopped under (interrupt or error): FAIL (not left RUNNING, not spending the
-        failure budget), re-enqueued.
+        failure budget), re-enqueued, its MLflow run closed as KILLED.
 
-        The copy is WAITING, so it counts towards ``n_trials`` and the next worker to ask runs it.
+        The copy is WAITING, so it counts towards ``n_trials`` and the next worker to ask runs it. A
+        local job has closed its run itself by now; a remote one (Ray, submitit) dies with the sweep
+        and cannot, so the sweep closes it.
         """
         trial.set_user_attr(INTERRUPTED_ATTR, True)
         studies.tell(study, trial, state=TrialState.FAIL)
         study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF_ATTR: trial.number})
+        run_id = study._storage.get_trial(trial._trial_id).user_attrs.get(RUN_ID_ATTR)
+        if run_id:
+            parent.end_other_run(run_id, "KILLED", {TRIAL_STATE_TAG: "FAIL (interrupted)"})
 
     @staticmethod
     def _lost(plan: SweepPlan, study: optuna.Study, trial: Trial, reason: str, parent: Tracker) -> None:

@@ -92,6 +92,17 @@ def start(launcher: Launcher) -> None:
         raise ConfigError("hydra.launcher.ray.init.address", init.get("address"), allowed) from None
 
 
+def stop(launcher: Launcher) -> None:
+    """Leave the engine when the sweep ends: on Ray, the driver's unfinished tasks (an interrupted
+    sweep's) are cancelled by the cluster rather than left training for trials already given back."""
+    if getattr(launcher, "ray_cfg", None) is None:
+        return
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def _causes(err: BaseException) -> str:
     texts = []
     while err is not None and len(texts) < 8:

@@ -237,3 +237,42 @@ def test_submitit_job_past_its_time_limit_fails_its_trial_and_closes_its_run(tmp
     assert trial.state == TrialState.FAIL and "timed-out" in trial.user_attrs[FAIL_REASON_ATTR]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert client.get_run(trial.user_attrs[RUN_ID_ATTR]).info.status in ("FAILED", "KILLED")
+
+
+@pytest.mark.slow
+@pytest.mark.stack
+@pytest.mark.cluster
+def test_ray_sweep_interrupted_gives_back_its_trials_and_closes_their_runs(
+    tmp_path: Path, ray_cluster: tuple[str, Path], postgres_url: str, mlflow_server: str
+) -> None:
+    """Ctrl-C on the driver: the remote jobs cannot close their runs (the cluster cancels them), so the
+    sweep does; exit 130, nothing RUNNING, the cluster's workers freed."""
+    address, _ = ray_cluster
+    env = {"CLIPSWEEP_STORAGE": postgres_url, "MLFLOW_TRACKING_URI": mlflow_server}
+    sweep = _sweep(
+        tmp_path, "search=threshold", "train.steps=1000000", "train.eval_every=1000", "hydra.sweeper.study_name=rayint",
+        "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "hydra/launcher=ray",
+        f"+hydra.launcher.ray.init.address={address}", env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and sweep.poll() is None:
+        try:
+            trials = optuna.load_study(study_name="rayint", storage=postgres_url).get_trials()
+        except KeyError:
+            trials = []
+        if sum(RUN_ID_ATTR in t.user_attrs for t in trials) == 2:
+            break
+        time.sleep(0.5)
+    sweep.send_signal(signal.SIGINT)
+    _finish(sweep, returncode=130)
+
+    trials = optuna.load_study(study_name="rayint", storage=postgres_url).get_trials()
+    started = [t for t in trials if RUN_ID_ATTR in t.user_attrs]
+    assert len(started) == 2 and all(t.state == TrialState.FAIL for t in started)
+    assert sorted(t.state.name for t in trials) == ["FAIL", "FAIL", "WAITING", "WAITING"]  # given back
+    client = MlflowClient(mlflow_server)
+    assert [client.get_run(t.user_attrs[RUN_ID_ATTR]).info.status for t in started] == ["KILLED", "KILLED"]
+    deadline = time.monotonic() + 30
+    while _ray_job_pids() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _ray_job_pids()
