@@ -91,8 +91,8 @@ class OptunaSweeper(Sweeper):
         pass the one ``try/finally`` that ends the parent run and gives back untold trials, and that
         is easiest to check when the whole lifecycle reads top to bottom in one function.
         """
-        plan = plan_sweep(self._settings(), arguments)
         launching.start(self.launcher)  # an engine that cannot be joined: refused before any store write
+        plan = plan_sweep(self._settings(), arguments)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)  # before either store is written: a bad dir writes nothing
         study = open_planned_study(plan)

@@ -16,9 +16,11 @@ correct on all of them:
 
 from __future__ import annotations
 
+import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
@@ -32,6 +34,7 @@ from clipsweep.storage import absolute_url, mask_url
 # failed JobReturn, not as an exception): they get the whole batch in one call.
 _BATCHING = ("BasicLauncher", "JoblibLauncher")
 _JOIN_SECONDS = 0.5
+_CONNECT_SECONDS = 5.0
 
 
 class LostJob(Exception):
@@ -81,6 +84,7 @@ def start(launcher: Launcher) -> None:
     if ray.is_initialized():
         return
     init = OmegaConf.to_container(ray_cfg.init, resolve=True)
+    _reachable(init.get("address"))  # type: ignore[union-attr]
     try:
         ray.init(**init)  # type: ignore[arg-type]
     except Exception as err:
@@ -90,6 +94,27 @@ def start(launcher: Launcher) -> None:
         else:
             allowed = f"a Ray cluster this machine can join ({_reason(err)})"
         raise ConfigError("hydra.launcher.ray.init.address", init.get("address"), allowed) from None
+
+
+def require_reachable(launcher: Mapping[str, Any]) -> None:
+    """The launcher's engine answers where the config says (``hydra.launcher``, as composed): checked
+    before any store is opened, so an address where nothing runs writes nothing."""
+    ray_cfg = launcher.get("ray")
+    if isinstance(ray_cfg, Mapping):
+        _reachable((ray_cfg.get("init") or {}).get("address"))
+
+
+def _reachable(address: str | None) -> None:
+    """Ray retries an address where nothing answers for minutes: a plain TCP connect decides first."""
+    if not address or address == "auto":
+        return
+    host, _, port = str(address).removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=_CONNECT_SECONDS).close()
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            "hydra.launcher.ray.init.address", address, f"the host:port of a running Ray cluster ({err})"
+        ) from None
 
 
 def stop(launcher: Launcher) -> None:

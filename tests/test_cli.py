@@ -223,6 +223,12 @@ BAD_INPUT = [
         named="model=transformer",
     ),
     _fresh("sweep", "hydra.sweep.dir=/proc/nope", named="hydra.sweep.dir='/proc/nope'"),
+    _fresh(  # nothing answers on port 9 here: Ray itself would retry it for minutes
+        "sweep",
+        "hydra/launcher=ray",
+        "+hydra.launcher.ray.init.address=127.0.0.1:9",
+        named="hydra.launcher.ray.init.address='127.0.0.1:9'",
+    ),
     _fresh(
         "sweep", "hydra.sweeper.objective=val/acc", named="a metric the job reports: one of ["
     ),  # adding: no accuracy
