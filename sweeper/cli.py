@@ -51,6 +51,30 @@ def _register_sweeper() -> None:
     Plugins.instance().register(ClipsweepSweeper)
 
 
+BASIC_SWEEPER = "hydra/sweeper=basic"
+
+
+def _basic_sweeper(args: Sequence[str]) -> list[str]:
+    """``hydra/sweeper=basic`` (Hydra's own grid over ``key=a,b,c``) searches nothing of a preset:
+    the default ``search`` preset's intervals mean something to clipsweep's sweeper only."""
+    args = list(args)
+    if BASIC_SWEEPER in args and not any(a.startswith("search=") for a in args):
+        args.append("search=none")
+    return args
+
+
+def _fixed_overrides(args: Sequence[str]) -> list[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides, _, _ = split_hydra_args([a for a in args if a not in MULTIRUN_FLAGS])
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # Hydra reports it with the whole line
+        return [a for a in args if a not in MULTIRUN_FLAGS]
+    fixed = {o.input_line for o in parsed if not o.is_sweep_override()}
+    return [a for a in args if a not in MULTIRUN_FLAGS and (a.startswith("-") or a in fixed)]
+
+
 def run_command(args: Sequence[str], validated: bool = False) -> int:
     if not validated and any(a in ("-h", "--help") for a in args):  # Hydra's lists internal schema/* groups
         from clipsweep.usage import run_help
@@ -61,8 +85,14 @@ def run_command(args: Sequence[str], validated: bool = False) -> int:
 
     from clipsweep.config import register_schemas
 
+    args = _basic_sweeper(args)
     if not validated:
-        error = (validate_sweep_line if any(a in MULTIRUN_FLAGS for a in args) else validate_command_line)(args)
+        if BASIC_SWEEPER in args:  # Hydra's grid: each job is a plain run, its fixed part checked here
+            error = validate_command_line(_fixed_overrides(args))
+        elif any(a in MULTIRUN_FLAGS for a in args):
+            error = validate_sweep_line(args)
+        else:
+            error = validate_command_line(args)
         if error is not None:
             return _fail(error)
     register_schemas()

@@ -79,6 +79,7 @@ def _log_plots(study: optuna.Study, parent: Tracker) -> None:
         for name, draw in (
             ("optimization_history", plots.plot_optimization_history),
             ("param_importances", plots.plot_param_importances),
+            ("parallel_coordinate", plots.plot_parallel_coordinate),
             ("slice", plots.plot_slice),
         ):
             try:

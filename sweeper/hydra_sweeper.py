@@ -151,9 +151,10 @@ class OptunaSweeper(Sweeper):
         if conclusion:
             print(conclusion, flush=True)
         if parent.run_id:
+            runs = f"http://127.0.0.1:5000/#/experiments/{getattr(parent, 'experiment_id', '')}/runs"
             print(
-                f"[clipsweep] MLflow: clipsweep ui --tracking-uri {tracking.uri}, then open "
-                f"http://127.0.0.1:5000/#/experiments/{getattr(parent, 'experiment_id', '')}/runs/{parent.run_id}",
+                f"[clipsweep] MLflow: clipsweep ui --tracking-uri {tracking.uri}, then open {runs} (the trials "
+                f"nest under this sweep's parent run) or {runs}/{parent.run_id} (the parent: recommendation, plots)",
                 flush=True,
             )
         return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]

@@ -16,6 +16,8 @@ correct on all of them:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import socket
 import threading
 from collections.abc import Mapping, Sequence
@@ -35,13 +37,14 @@ from clipsweep.storage import absolute_url, mask_url
 _BATCHING = ("BasicLauncher", "JoblibLauncher")
 _JOIN_SECONDS = 0.5
 _CONNECT_SECONDS = 5.0
+_log = logging.getLogger("hydra")  # the per-job line Hydra's launchers print
 
 
 class LostJob(Exception):
     """The launcher's engine lost a job (worker killed, time limit, node gone): no result came back."""
 
 
-def batches_locally(launcher: Launcher) -> bool:
+def _batches_locally(launcher: Launcher) -> bool:
     return type(launcher).__name__ in _BATCHING
 
 
@@ -153,15 +156,18 @@ def job_locations(sweep_dir: str | Path, storage: str, tracking_uri: str, cwd: s
 def launch(launcher: Launcher, batch: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     """Launch a batch; a job the engine loses comes back as a failed JobReturn holding a ``LostJob``.
 
-    Engines that gather a batch in one call get one call per job, in threads (the calls wait on
-    remote work: the threads only wait), so one lost job cannot take its batch's results with it.
-    The threads are daemons: an interrupted sweep does not wait for remote jobs to end.
+    Ray's tasks are gathered one by one and cancelled if the sweep stops waiting. Other engines that
+    gather a batch in one call (submitit) get one call per job, in threads (the calls wait on remote
+    work: the threads only wait), so one lost job cannot take its batch's results with it; the
+    threads are daemons, so an interrupted sweep does not wait for them.
     """
-    if batches_locally(launcher):
+    if _batches_locally(launcher):
         return list(launcher.launch(batch, initial_job_idx=initial_job_idx))
+    if getattr(launcher, "ray_cfg", None) is not None:
+        return _launch_on_ray(launcher, batch, initial_job_idx)
     if len(batch) == 1:
         return _launch_one_or_lose(launcher, batch, initial_job_idx)
-    results: list[list[JobReturn] | None] = [None] * len(batch)
+    results = [[_lost("the job's launch thread ended without a result")] for _ in batch]
 
     def run(index: int) -> None:
         results[index] = _launch_one_or_lose(launcher, [batch[index]], initial_job_idx + index)
@@ -174,15 +180,57 @@ def launch(launcher: Launcher, batch: Sequence[Sequence[str]], initial_job_idx: 
     for thread in threads:
         while thread.is_alive():  # a timed join keeps the main thread responsive to signals
             thread.join(_JOIN_SECONDS)
-    return [r[0] for r in results if r is not None]
+    return [r[0] for r in results]
+
+
+def _launch_on_ray(launcher: Any, batch: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    """hydra-ray-launcher's launch, with each task's result (or loss) gathered on its own, and the
+    batch's tasks cancelled when the sweep stops waiting (Ctrl-C, SIGTERM).
+
+    Its own ``launch`` gathers the batch in one list and cannot be waited on per job but from
+    threads, which Ray ends the process over when it shuts down under them. Jobs run through the
+    plugin's own remote job function, so a job on Ray is exactly what ``hydra/launcher=ray`` runs.
+    """
+    import ray
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import filter_overrides
+    from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray
+
+    refs = []
+    for offset, overrides in enumerate(batch):
+        idx = initial_job_idx + offset
+        _log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+        sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+        with open_dict(sweep_config):
+            sweep_config.hydra.job.id = f"job_id_for_{idx}"
+            sweep_config.hydra.job.num = idx
+        remote = launcher.ray_cfg.remote
+        state = Singleton.get_state()
+        refs.append(launch_job_on_ray(launcher.hydra_context, remote, sweep_config, launcher.task_function, state))
+    results = []
+    try:
+        for ref in refs:
+            try:
+                results.append(ray.get(ref))
+            except ray.exceptions.RayError as err:  # the worker died, the node left, the task was cancelled
+                results.append(_lost(_reason(err)))
+    except BaseException:
+        for ref in refs:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        raise
+    return results
 
 
 def _launch_one_or_lose(launcher: Launcher, batch: Sequence[Sequence[str]], job_idx: int) -> list[JobReturn]:
     try:
         return list(launcher.launch(batch, initial_job_idx=job_idx))
     except Exception as err:  # the engine's error, not the job's (run_job returns those as FAILED)
-        lost = JobReturn(status=JobStatus.FAILED, _return_value=LostJob(_reason(err)))
-        return [lost for _ in batch]
+        return [_lost(_reason(err)) for _ in batch]
+
+
+def _lost(reason: str) -> JobReturn:
+    return JobReturn(status=JobStatus.FAILED, _return_value=LostJob(reason))
 
 
 def _reason(err: BaseException) -> str:

@@ -347,7 +347,7 @@ class MlflowTracker(Tracker):
                     elif isinstance(content, bytes):
                         path.write_bytes(content)
                     else:
-                        content.savefig(path)
+                        content.savefig(path, bbox_inches="tight")  # long parameter names stay whole
                 self.client.log_artifacts(self.run_id, folder)
 
         self._submit(upload)

@@ -41,6 +41,19 @@ def _only_run(store: Path):
     return client, runs[0]
 
 
+@pytest.mark.slow
+def test_cli_run_multirun_with_the_basic_sweeper_runs_hydras_grid(tmp_path: Path) -> None:
+    """Hydra's own grid: one plain run per value, no study; the default search preset is left out."""
+    done = _clipsweep(tmp_path, "run", "--multirun", *FAST, "train.steps=10", "clip.threshold=0.1,0.3",
+                      "hydra/sweeper=basic")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("status: finished after 10 steps") == 2
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("clipsweep").experiment_id])
+    assert sorted(r.data.params["clip.threshold"] for r in runs) == ["0.1", "0.3"]
+    assert not (tmp_path / "clipsweep.db").exists()
+
+
 def test_cli_run_records_metrics_params_and_artifacts_in_mlflow(tmp_path: Path) -> None:
     args = (*FAST, "train.steps=60", "train.eval_every=30", "tracking.log_every=20", "clip.threshold=0.05")
     done = _clipsweep(tmp_path, "run", *args)

@@ -76,7 +76,12 @@ def test_sweep_records_study_parent_and_child_runs_and_results(tmp_path: Path) -
     assert float(parent.data.params["best.clip.threshold"]) == pytest.approx(study.best_params["clip.threshold"])
     assert "plots" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert {"plots/optimization_history.png", "plots/objective_vs_threshold.png"} <= plots
+    assert {
+        "plots/optimization_history.png",
+        "plots/objective_vs_threshold.png",
+        "plots/param_importances.png",
+        "plots/parallel_coordinate.png",
+    } <= plots
 
     children = {r.info.run_id: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
     assert len(children) == 4
