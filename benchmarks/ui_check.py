@@ -1,7 +1,8 @@
 """Browser check: what a user sees in the MLflow UI after a sweep, in headless Chromium.
 
 Runs a small sweep in a temporary directory, starts ``clipsweep ui`` on it, and loads the two links
-the sweep prints: the experiment's runs table (expanding the parent run) and the parent run's page.
+the sweep prints, after choosing "Model training" in MLflow's sidebar once as README says: the
+experiment's runs table (expanding the parent run) and the parent run's page.
 Checks that the runs table shows the parent with its trials nested under it and that the parent's
 page shows the recommendation; saves a screenshot of each (``--screenshots DIR``). Also reports what
 the experiment's bare link opens on (MLflow decides that from a browser setting, not the run data).
@@ -94,8 +95,14 @@ def main() -> None:
                     time.sleep(0.5)
             driver = _browser()
             results: dict[str, bool] = {}
+            page = _load(driver, f"{base}/#/experiments/{experiment.experiment_id}", "Overview", timeout=20)
+            opens_on = "the runs table" if "Training runs" in page else "GenAI's overview (traces)"
+            # What README tells users to do once: MLflow keeps the choice in the browser.
+            toggle = driver.find_element(By.XPATH, "//*[normalize-space(text())='Model training']")
+            driver.execute_script("arguments[0].click()", toggle)  # under MLflow's first-visit popover
+            time.sleep(1)
             page = _load(driver, f"{base}/#/experiments/{experiment.experiment_id}/runs", parent.info.run_name)
-            results["runs table with the parent run"] = "Training runs" in page and parent.info.run_name in page
+            results["runs table with the parent run"] = "Run Name" in page and parent.info.run_name in page
             driver.find_element(By.CSS_SELECTOR, "button[data-component-id$='runnamecellrenderer.tsx_46']").click()
             time.sleep(2)
             page = driver.page_source
@@ -108,8 +115,6 @@ def main() -> None:
             results[f"the parent's page with the recommendation ({recommended})"] = recommended in page
             if args.screenshots:
                 driver.save_screenshot(str(args.screenshots / "parent_run.png"))
-            page = _load(driver, f"{base}/#/experiments/{experiment.experiment_id}", "Overview", timeout=20)
-            opens_on = "the runs table" if "Training runs" in page else "GenAI's overview (traces)"
         finally:
             if driver is not None:
                 driver.quit()
