@@ -178,7 +178,10 @@ def ui_command(args: Sequence[str]) -> int:
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--host", "127.0.0.1", "--port", str(options.port)]  # fmt: skip
     print(f"MLflow UI for {uri} at http://127.0.0.1:{options.port}", flush=True)
-    os.execv(sys.executable, command)
+    # MLflow's server imports a Starlette module that warns of its own deprecation in every worker
+    # (a UserWarning subclass, so matched by its message).
+    environment = {"PYTHONWARNINGS": "ignore:starlette.middleware.wsgi is deprecated", **os.environ}
+    os.execve(sys.executable, command, environment)
     return 0  # not reached
 
 

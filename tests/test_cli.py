@@ -385,9 +385,9 @@ def test_conf_dir_is_found_from_an_installed_wheel(tmp_path: Path) -> None:
     assert conf_dir() != Path(found_conf)
 
 
-def _served(args: list[str], cwd: Path, path: str) -> bytes:
+def _served(args: list[str], cwd: Path, path: str) -> tuple[bytes, str]:
     """Start ``clipsweep <args> --port P``, wait (up to 120 s) until 127.0.0.1:P answers ``path``,
-    return the answer and stop the server."""
+    stop the server; the answer and what the server printed."""
     import time
     import urllib.request
 
@@ -396,26 +396,30 @@ def _served(args: list[str], cwd: Path, path: str) -> bytes:
         [sys.executable, "-m", "clipsweep", *args, "--port", str(port)],
         cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    body = None
     try:
         deadline = time.time() + 120
-        while time.time() < deadline:
+        while body is None and time.time() < deadline:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-                    return response.read()
+                    body = response.read()
             except OSError:
                 assert server.poll() is None, server.stdout.read()
                 time.sleep(0.5)
-        raise AssertionError(f"clipsweep {args[0]} did not answer {path} within 120 s")
+        time.sleep(1)  # the workers' start-up lines
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        output = server.communicate(timeout=30)[0]
+    assert body is not None, f"clipsweep {args[0]} did not answer {path} within 120 s"
+    return body, output
 
 
 def test_cli_ui_serves_the_tracking_store_on_loopback(tmp_path: Path) -> None:
-    body = _served(["ui", "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"], tmp_path, "/health")
+    body, output = _served(["ui", "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"], tmp_path, "/health")
     assert "OK" in body.decode()
+    assert "DeprecationWarning" not in output and "Uvicorn running on http://127.0.0.1:" in output
 
 
 def test_cli_dashboard_serves_the_study_storage_on_loopback(swept: Path, tmp_path: Path) -> None:
-    body = _served(["dashboard", "--storage", f"sqlite:///{swept / 'clipsweep.db'}"], tmp_path, "/api/studies")
+    body, _ = _served(["dashboard", "--storage", f"sqlite:///{swept / 'clipsweep.db'}"], tmp_path, "/api/studies")
     assert [s["study_name"] for s in json.loads(body)["study_summaries"]] == [SWEPT_STUDY]
