@@ -102,6 +102,21 @@ class Clipper(ABC):
     """
 
     method: ClipMethod
+    bounds_global_norm = False
+    """True when a threshold on the global norm can stand for this method's config (a recommendation
+    read off the norm percentiles becomes a norm clip)."""
+
+    @classmethod
+    def global_threshold(cls, clip: Mapping[str, Any]) -> float | None:
+        """The bound this config puts on the global gradient norm, if it puts one."""
+        return None
+
+    @classmethod
+    def torch_snippet(cls, clip: Mapping[str, Any]) -> str | None:
+        """The body of a torch-only ``clip_gradients(parameters)`` (``parameters`` a list; returns the
+        pre-clip norm) for ``clipsweep export --format python``; None: the method keeps state between
+        steps, and the export uses the library's ``GradClipper``."""
+        return None
 
     def __init__(self, norm_type: float = 2.0) -> None:
         self._constants: dict[tuple[float, torch.dtype, torch.device], Tensor] = {}
@@ -141,6 +156,7 @@ class NoClip(Clipper):
     """Measures only: the baseline every sweep should contain."""
 
     method = ClipMethod.none
+    bounds_global_norm = True  # the unclipped run's norms are what a norm threshold is read from
 
     def __init__(self) -> None:  # no setting: measured with the L2 norm, like the default norm clip
         super().__init__()
@@ -153,6 +169,18 @@ class NormClip(Clipper):
     """Rescale all gradients together when their global norm exceeds ``threshold`` (Pascanu et al.)."""
 
     method = ClipMethod.norm
+    bounds_global_norm = True
+
+    @classmethod
+    def global_threshold(cls, clip: Mapping[str, Any]) -> float | None:
+        return float(clip["threshold"])
+
+    @classmethod
+    def torch_snippet(cls, clip: Mapping[str, Any]) -> str | None:
+        return (
+            f"    return torch.nn.utils.clip_grad_norm_(parameters, max_norm={clip['threshold']!r}, "
+            f"norm_type={clip.get('norm_type', 2.0)!r})"
+        )
 
     def __init__(self, threshold: float = 1.0, norm_type: float = 2.0) -> None:
         super().__init__(norm_type)
@@ -167,6 +195,15 @@ class ValueClip(Clipper):
     """Clamp every gradient element to [-threshold, threshold]; changes the direction, unlike norm."""
 
     method = ClipMethod.value
+
+    @classmethod
+    def torch_snippet(cls, clip: Mapping[str, Any]) -> str | None:
+        return (
+            "    parameters = [p for p in parameters if p.grad is not None]\n"
+            "    norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])\n"
+            f"    torch.nn.utils.clip_grad_value_(parameters, clip_value={clip['threshold']!r})\n"
+            "    return norm"
+        )
 
     def __init__(self, threshold: float = 0.5) -> None:
         super().__init__(2.0)
@@ -322,6 +359,11 @@ class AGC(Clipper):
 _CLIPPERS: dict[ClipMethod, type[Clipper]] = {
     cls.method: cls for cls in (NoClip, NormClip, ValueClip, PercentileClip, ZClip, AGC)
 }
+
+
+def clipper_class(method: ClipMethod | str) -> type[Clipper]:
+    """The ``Clipper`` that implements ``method``: what the other modules ask about a method."""
+    return _CLIPPERS[ClipMethod(method)]
 
 
 def clip_schema(method: ClipMethod) -> type:

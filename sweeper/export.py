@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from clipsweep.clipping import ClipMethod
+from clipsweep.clipping import ClipMethod, clipper_class
 from clipsweep.errors import ConfigError
 from clipsweep.recommendation import Recommendation, TrialNorms
 from clipsweep.validation import Validation
@@ -199,19 +199,8 @@ def render(
 def _python(clip: Mapping[str, Any], method: ClipMethod) -> str:
     """A self-contained ``clip_gradients(parameters)`` for a plain loop: backward → clip → step."""
     lines = ["import torch", ""]
-    if method is ClipMethod.norm:
-        body = (
-            f"    return torch.nn.utils.clip_grad_norm_(parameters, max_norm={clip['threshold']!r}, "
-            f"norm_type={clip.get('norm_type', 2.0)!r})"
-        )
-    elif method is ClipMethod.value:
-        body = (
-            "    parameters = [p for p in parameters if p.grad is not None]\n"
-            "    norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])\n"
-            f"    torch.nn.utils.clip_grad_value_(parameters, clip_value={clip['threshold']!r})\n"
-            "    return norm"
-        )
-    else:  # adaptive methods keep state between steps: the library's clipper carries it
+    body = clipper_class(method).torch_snippet(clip)
+    if body is None:  # adaptive methods keep state between steps: the library's clipper carries it
         lines += ["from clipsweep import GradClipper", "", f"_clipper = GradClipper.from_config({dict(clip)!r})", ""]
         body = "    return _clipper(parameters)"
     lines += [

@@ -47,7 +47,7 @@ import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from clipsweep.clipping import ClipMethod
+from clipsweep.clipping import ClipMethod, clipper_class
 from clipsweep.config import RecommendConf
 from clipsweep.errors import ConfigError
 from clipsweep.histogram import NormHistogram
@@ -273,7 +273,7 @@ def _recommendation(
     for t in near:
         histogram.merge(t.histogram)
     clip, params, trial, extrapolated = dict(chosen.clip), dict(chosen.params), chosen, False
-    if settings.percentile is not None and best.method in (ClipMethod.norm, ClipMethod.none) and histogram.count:
+    if settings.percentile is not None and clipper_class(best.method).bounds_global_norm and histogram.count:
         value = float(f"{histogram.percentile(float(settings.percentile)):.4g}")
         clip = {"method": ClipMethod.norm.value, "threshold": value, "norm_type": float(clip.get("norm_type", 2.0))}
         params[_THRESHOLD] = value

@@ -11,7 +11,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from clipsweep.clipping import ClipMethod
+from clipsweep.clipping import ClipMethod, clipper_class
 from clipsweep.histogram import NormHistogram
 from clipsweep.names import CONFIG_ATTR, FIXED_ATTR, NORMS_ATTR, STATUS_ATTR
 from clipsweep.telemetry import NormSegments
@@ -193,7 +193,7 @@ def trial_norms(trial: FrozenTrial, transient: float) -> TrialNorms | None:
 
 def global_threshold(clip: Mapping[str, Any]) -> float | None:
     """The fixed global-norm threshold of a clip config, if its method has one."""
-    return float(clip["threshold"]) if ClipMethod(clip.get("method", "none")) is ClipMethod.norm else None
+    return clipper_class(clip.get("method", "none")).global_threshold(clip)
 
 
 def percentile_of(histogram: NormHistogram, value: float) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -21,6 +22,8 @@ from clipsweep.clipping import (
     ValueClip,
     ZClip,
     _nanquantile,
+    clip_schema,
+    clipper_class,
     make_clipper,
 )
 from clipsweep.errors import ConfigError
@@ -225,3 +228,15 @@ def test_percentile_window_quantile_equals_torch_nanquantile_bitwise(n: int) -> 
         for q in (0.0, 0.1, 0.3, 0.5, 0.9, 1.0):
             ours, theirs = _nanquantile(values, q), torch.nanquantile(values, q)
             assert torch.equal(ours, theirs) or (ours.isnan() and theirs.isnan()), (n, nans, q)
+
+
+def test_clipper_class_answers_what_recommend_and_export_ask_of_each_method() -> None:
+    """A method's global-norm reading and export snippet live on its Clipper, nowhere else."""
+    for method in ClipMethod:
+        cls = clipper_class(method.value)
+        assert cls.method is method
+        config = dataclasses.asdict(clip_schema(method)())
+        threshold = cls.global_threshold(config)
+        assert threshold == (config["threshold"] if method is ClipMethod.norm else None)
+        assert cls.bounds_global_norm is (method in (ClipMethod.norm, ClipMethod.none))
+        assert (cls.torch_snippet(config) is not None) is (method in (ClipMethod.norm, ClipMethod.value))
