@@ -58,7 +58,7 @@ def prepare(launcher: Launcher) -> None:
     not requeued (``max_num_timeout=0``, the SLURM config's own default; the local executor's is 3):
     the job has no checkpoint to resume from, so a requeue would rerun the same trial from step 0.
     """
-    if type(launcher).__module__.startswith("hydra_plugins.hydra_submitit_launcher"):
+    if _is_submitit(launcher):
         launcher.params.setdefault("max_num_timeout", 0)  # type: ignore[attr-defined]
     ray_cfg = getattr(launcher, "ray_cfg", None)
     if ray_cfg is None:
@@ -156,15 +156,17 @@ def job_locations(sweep_dir: str | Path, storage: str, tracking_uri: str, cwd: s
 def launch(launcher: Launcher, batch: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     """Launch a batch; a job the engine loses comes back as a failed JobReturn holding a ``LostJob``.
 
-    Ray's tasks are gathered one by one and cancelled if the sweep stops waiting. Other engines that
-    gather a batch in one call (submitit) get one call per job, in threads (the calls wait on remote
-    work: the threads only wait), so one lost job cannot take its batch's results with it; the
-    threads are daemons, so an interrupted sweep does not wait for them.
+    Ray's tasks and submitit's jobs are gathered one by one and cancelled if the sweep stops waiting.
+    Any other engine that gathers a batch in one call gets one call per job, in threads (the calls
+    wait on remote work: the threads only wait), so one lost job cannot take its batch's results
+    with it; the threads are daemons, so an interrupted sweep does not wait for them.
     """
     if _batches_locally(launcher):
         return list(launcher.launch(batch, initial_job_idx=initial_job_idx))
     if getattr(launcher, "ray_cfg", None) is not None:
         return _launch_on_ray(launcher, batch, initial_job_idx)
+    if _is_submitit(launcher):
+        return _launch_on_submitit(launcher, batch, initial_job_idx)
     if len(batch) == 1:
         return _launch_one_or_lose(launcher, batch, initial_job_idx)
     results = [[_lost("the job's launch thread ended without a result")] for _ in batch]
@@ -220,6 +222,49 @@ def _launch_on_ray(launcher: Any, batch: Sequence[Sequence[str]], initial_job_id
                 ray.cancel(ref, force=True)
         raise
     return results
+
+
+def _launch_on_submitit(launcher: Any, batch: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+    """hydra-submitit-launcher's launch (the same executor, parameters and job function: the
+    launcher itself), with each job's result (or loss) gathered on its own and the batch's jobs
+    cancelled (``scancel``; a signal to a local job) when the sweep stops waiting."""
+    import submitit
+    from hydra.core.singleton import Singleton
+    from hydra.core.utils import filter_overrides
+    from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+    params = dict(launcher.params)
+    cluster = launcher._EXECUTOR
+    executor = submitit.AutoExecutor(
+        folder=params.pop("submitit_folder"),
+        cluster=cluster,
+        **{f"{cluster}_max_num_timeout": params.pop("max_num_timeout")} if "max_num_timeout" in params else {},
+    )
+    generic = set(OmegaConf.structured(BaseQueueConf).keys())
+    executor.update_parameters(**{k if k in generic else f"{cluster}_{k}": v for k, v in params.items()})
+    arguments = []
+    for offset, overrides in enumerate(batch):
+        idx = initial_job_idx + offset
+        _log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+        arguments.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+    jobs = executor.map_array(launcher, *zip(*arguments))
+    results = []
+    try:
+        for job in jobs:
+            try:
+                results.append(job.results()[0])
+            except Exception as err:  # the job failed outside the task (time limit, node failure)
+                results.append(_lost(_reason(err)))
+    except BaseException:
+        for job in jobs:
+            with contextlib.suppress(Exception):
+                job.cancel(check=False)
+        raise
+    return results
+
+
+def _is_submitit(launcher: Launcher) -> bool:
+    return type(launcher).__module__.startswith("hydra_plugins.hydra_submitit_launcher")
 
 
 def _launch_one_or_lose(launcher: Launcher, batch: Sequence[Sequence[str]], job_idx: int) -> list[JobReturn]:

@@ -276,3 +276,41 @@ def test_ray_sweep_interrupted_gives_back_its_trials_and_closes_their_runs(
     while _ray_job_pids() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _ray_job_pids()
+
+
+def _submitit_job_pids() -> list[int]:
+    listing = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in listing.splitlines() if "submitit.core._submit" in line]
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_submitit_sweep_terminated_cancels_its_jobs_and_closes_their_runs(tmp_path: Path) -> None:
+    """SIGTERM to the sweep alone (a scheduler's preemption): its jobs are cancelled, their trials given
+    back, their runs closed; nothing keeps training for trials that were given back."""
+    sweep = _sweep(
+        tmp_path, "search=threshold", "train.steps=1000000", "train.eval_every=1000", "hydra.sweeper.study_name=subint",
+        "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "hydra/launcher=submitit_local", env={},
+    )  # fmt: skip
+    storage = f"sqlite:///{tmp_path / 'clipsweep.db'}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and sweep.poll() is None:
+        try:
+            trials = optuna.load_study(study_name="subint", storage=storage).get_trials()
+        except Exception:  # no storage or study yet
+            trials = []
+        if sum(RUN_ID_ATTR in t.user_attrs for t in trials) == 2:
+            break
+        time.sleep(0.5)
+    sweep.send_signal(signal.SIGTERM)
+    _finish(sweep, returncode=130)
+
+    trials = optuna.load_study(study_name="subint", storage=storage).get_trials()
+    assert sorted(t.state.name for t in trials) == ["FAIL", "FAIL", "WAITING", "WAITING"]  # given back
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    started = [t for t in trials if RUN_ID_ATTR in t.user_attrs]
+    assert [client.get_run(t.user_attrs[RUN_ID_ATTR]).info.status for t in started] == ["KILLED", "KILLED"]
+    deadline = time.monotonic() + 30
+    while _submitit_job_pids() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _submitit_job_pids()
