@@ -11,13 +11,13 @@ from datetime import datetime
 from typing import Any
 
 import optuna
-from hydra.errors import InstantiationException
-from hydra.utils import get_method, instantiate
+from hydra.utils import get_method
 from omegaconf import OmegaConf
 
 from clipsweep import study as studies
 from clipsweep.config import sweeper_settings
 from clipsweep.errors import ConfigError
+from clipsweep.instantiation import instantiate_node
 from clipsweep.recommend import RecommendSettings
 from clipsweep.search_space import SearchSpace, parse_search_space
 from clipsweep.storage import open_storage, storage_url
@@ -55,16 +55,6 @@ class SweepPlan:
     max_retry: int
     recommend: RecommendSettings
     validate: int
-
-
-def _instantiate(key: str, node: Any, **kwargs: Any) -> Any:
-    target = node.get("_target_") if isinstance(node, Mapping) else node
-    try:
-        return instantiate(node, **kwargs)
-    except (InstantiationException, ImportError, TypeError, ValueError) as err:
-        cause = err.__cause__ or err
-        first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-        raise ConfigError(key, target, f"a {key.rsplit('.', 1)[-1]} Optuna can build ({first})") from None
 
 
 def _require_lazy_imports(key: str, component: object) -> None:
@@ -173,9 +163,9 @@ def _components(
     if settings["seed"] is not None and sampler_node.get("seed") is None:
         sampler_node.seed = int(settings["seed"])
     extra = {"search_space": space.grid()} if str(sampler_node.get("_target_", "")).endswith("GridSampler") else {}
-    sampler = _instantiate("hydra.sweeper.sampler", sampler_node, **extra)
+    sampler = instantiate_node("hydra.sweeper.sampler", sampler_node, **extra)
     _require_lazy_imports("hydra.sweeper.sampler", sampler)
-    return sampler, _instantiate("hydra.sweeper.pruner", OmegaConf.create(settings["pruner"]))
+    return sampler, instantiate_node("hydra.sweeper.pruner", OmegaConf.create(settings["pruner"]))
 
 
 def open_planned_study(plan: SweepPlan) -> optuna.Study:

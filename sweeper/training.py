@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -17,8 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from torch import Tensor, nn
@@ -26,6 +23,7 @@ from torch import Tensor, nn
 from clipsweep.clipping import Clipper, ClipStats, make_clipper
 from clipsweep.config import NonFinite
 from clipsweep.errors import ConfigError
+from clipsweep.instantiation import instantiate_node
 from clipsweep.interrupts import raise_if_requested
 from clipsweep.names import CLIP_METHOD_TAG, DEVICE_TAG, STATUS_TAG, STEPS_DONE_TAG
 from clipsweep.plots import norm_histogram_png
@@ -66,39 +64,6 @@ def resolve_device(spec: str) -> torch.device:
 def bf16_supported(device: torch.device) -> bool:
     """Whether the device computes in bfloat16 (CUDA before Ampere does not)."""
     return device.type == "cpu" or torch.cuda.is_bf16_supported()
-
-
-def _instantiate(group: str, node: Any, **kwargs: Any) -> Any:
-    """Hydra instantiate, with the cause of a failure reported as a one-line ConfigError."""
-    target = node.get("_target_") if isinstance(node, Mapping | DictConfig) else None
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as err:
-        cause = err.__cause__
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        if cause is None or isinstance(cause, ImportError):  # the target could not be imported
-            raise ConfigError(f"{group}._target_", target, "an importable class or function") from None
-        key = _key_named_in(node, str(cause))
-        if key is not None:  # "Invalid learning rate: -0.1" → optim.lr, the key the user can fix
-            raise ConfigError(f"{group}.{key}", node[key], f"a value {target} accepts ({cause})") from None
-        raise ConfigError(group, target, f"its constructor refused the config: {cause}") from None
-
-
-def _key_named_in(node: Any, message: str) -> str | None:
-    """The one key of ``node`` whose value the error message quotes, if exactly one does."""
-    if not isinstance(node, Mapping | DictConfig):
-        return None
-    quoted = [
-        key
-        for key, value in node.items()
-        if key != "_target_"
-        and isinstance(value, int | float | str)
-        and re.search(rf"(?<![\w.]){re.escape(str(value))}(?![\w.])", message)
-    ]
-    if len(quoted) > 1:  # "hidden_size=0 must be >= 1": the key whose name is quoted too
-        quoted = [key for key in quoted if str(key) in message]
-    return str(quoted[0]) if len(quoted) == 1 else None
 
 
 @dataclass
@@ -144,10 +109,10 @@ def build(config: DictConfig) -> Setup:
     if dtype is torch.bfloat16 and not bf16_supported(device):
         raise ConfigError("train.precision", precision, f"32 or 16: {device} has no bfloat16 support")
     clipper = make_clipper(OmegaConf.to_container(config.clip, resolve=True))
-    task = _instantiate("task", config.task)
+    task = instantiate_node("task", config.task)
     torch.manual_seed(int(train.seed))
-    model = _instantiate("model", config.model, **model_kwargs(task)).to(device)
-    optimizer = _instantiate("optim", config.optim, params=model.parameters())
+    model = instantiate_node("model", config.model, **model_kwargs(task)).to(device)
+    optimizer = instantiate_node("optim", config.optim, params=model.parameters())
     scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
     setup = Setup(config, device, task, model, optimizer, clipper, dtype, scaler)
     if dtype is not None:
