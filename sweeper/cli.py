@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from clipsweep import study_commands
 from clipsweep.composition import compose, conf_dir, split_hydra_args
-from clipsweep.errors import ConfigError, SweepFailed, UsageError
+from clipsweep.errors import ConfigError, Refused, SweepFailed, UsageError
 from clipsweep.job import run_job
 from clipsweep.names import STORAGE_ENV, TRACKING_URI_ENV
 from clipsweep.preflight import MULTIRUN_FLAGS, plan_sweep_line, validate_command_line, validate_sweep_line
@@ -122,6 +122,8 @@ def run_command(args: Sequence[str], validated: bool = False) -> int:
     except SweepFailed as err:
         print(f"clipsweep: {err}", file=sys.stderr, flush=True)
         return 1
+    except Refused as err:
+        return _fail(str(err))
     except SystemExit as err:  # Hydra reports an error inside the app (its traceback printed) and exits
         return err.code if isinstance(err.code, int) else 1
     finally:

@@ -49,3 +49,15 @@ class SweepFailed(SystemExit):
 
     def __str__(self) -> str:
         return self.message
+
+
+class Refused(SystemExit):
+    """A ``ConfigError`` found inside Hydra's run (where only a ``SystemExit`` passes its
+    ``run_and_report`` without a traceback): the CLI prints it as one line and exits 2."""
+
+    def __init__(self, error: ConfigError) -> None:
+        super().__init__(2)
+        self.error = error
+
+    def __str__(self) -> str:
+        return str(self.error)

@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from clipsweep import interrupts, launching
 from clipsweep import study as studies
 from clipsweep.conclusion import conclude, write_results
-from clipsweep.errors import SweepFailed
+from clipsweep.errors import ConfigError, Refused, SweepFailed
 from clipsweep.names import (
     CONFIG_ATTR,
     FAIL_REASON_ATTR,
@@ -91,7 +91,10 @@ class OptunaSweeper(Sweeper):
         pass the one ``try/finally`` that ends the parent run and gives back untold trials, and that
         is easiest to check when the whole lifecycle reads top to bottom in one function.
         """
-        launching.start(self.launcher)  # an engine that cannot be joined: refused before any store write
+        try:  # an engine that cannot be joined: refused before any store write
+            launching.start(self.launcher)
+        except ConfigError as err:
+            raise Refused(err) from None
         plan = plan_sweep(self._settings(), arguments)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)  # before either store is written: a bad dir writes nothing

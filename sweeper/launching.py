@@ -74,37 +74,40 @@ def prepare(launcher: Launcher) -> None:
 
 
 def start(launcher: Launcher) -> None:
-    """Join the engine before the sweep writes anything, once for every job thread to share.
-
-    A Ray cluster that cannot be joined is one ``ConfigError`` naming the address, with nothing in
-    the stores; and the job threads of ``launch`` never race to initialise Ray themselves.
-    """
+    """Join the engine before the sweep writes anything, once for every job to share (a cluster at an
+    address was joined by the command line's preflight already: ``require_joinable``)."""
     ray_cfg = getattr(launcher, "ray_cfg", None)
-    if ray_cfg is None:
+    if ray_cfg is not None:
+        _join_ray(OmegaConf.to_container(ray_cfg.init, resolve=True))  # type: ignore[arg-type]
+
+
+def require_joinable(launcher: Mapping[str, Any]) -> None:
+    """The engine at the address the config names (``hydra.launcher``, as composed) answers and lets
+    this machine in: checked before any store is opened, so a bad address or a missing token writes
+    nothing. A local cluster (no address) is started by the sweep itself."""
+    ray_cfg = launcher.get("ray")
+    if not isinstance(ray_cfg, Mapping):
         return
+    init = dict(ray_cfg.get("init") or {})
+    if init.get("address"):
+        _join_ray({**init, "object_store_memory": init.get("object_store_memory")})
+
+
+def _join_ray(init: Mapping[str, Any]) -> None:
+    """``ray.init(**init)`` unless joined; a ``ConfigError`` naming the address when it fails."""
     import ray
 
     if ray.is_initialized():
         return
-    init = OmegaConf.to_container(ray_cfg.init, resolve=True)
-    _reachable(init.get("address"))  # type: ignore[union-attr]
+    _reachable(init.get("address"))
     try:
-        ray.init(**init)  # type: ignore[arg-type]
+        ray.init(**init)
     except Exception as err:
-        chain = _causes(err)
-        if "InvalidAuthToken" in chain:
+        if "InvalidAuthToken" in _causes(err):
             allowed = "a cluster whose token this machine has: RAY_AUTH_MODE=token, the token in ~/.ray/auth_token"
         else:
             allowed = f"a Ray cluster this machine can join ({_reason(err)})"
         raise ConfigError("hydra.launcher.ray.init.address", init.get("address"), allowed) from None
-
-
-def require_reachable(launcher: Mapping[str, Any]) -> None:
-    """The launcher's engine answers where the config says (``hydra.launcher``, as composed): checked
-    before any store is opened, so an address where nothing runs writes nothing."""
-    ray_cfg = launcher.get("ray")
-    if isinstance(ray_cfg, Mapping):
-        _reachable((ray_cfg.get("init") or {}).get("address"))
 
 
 def _reachable(address: str | None) -> None:

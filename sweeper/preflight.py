@@ -59,7 +59,7 @@ def plan_sweep_line(args: Sequence[str]) -> SweepPlan:
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from clipsweep.launching import require_reachable
+    from clipsweep.launching import require_joinable
     from clipsweep.plan import plan_sweep
     from clipsweep.storage import open_storage
     from clipsweep.study import open_study_if_exists
@@ -84,7 +84,7 @@ def plan_sweep_line(args: Sequence[str]) -> SweepPlan:
         require_reported("hydra.sweeper.objective", objective, setup)
     _require_searched_keys(plan, fixed, config_dir, config_name)
     _require_creatable(str(config_hydra_sweep_dir))
-    require_reachable(launcher)  # type: ignore[arg-type]
+    require_joinable(launcher)  # type: ignore[arg-type]
     storage = open_storage(plan.storage_url, plan.heartbeat_interval, plan.grace_period, plan.max_retry)
     open_study_if_exists(storage, plan.study_name, plan.directions, plan.objectives)
     return plan

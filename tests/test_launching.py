@@ -18,7 +18,7 @@ import optuna
 import pytest
 from conftest import TINY, free_port
 from mlflow.tracking import MlflowClient
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from clipsweep.launching import job_locations
 from clipsweep.names import FAIL_REASON_ATTR, LOST_ATTR, RETRY_OF_ATTR, RUN_ID_ATTR, STATUS_ATTR, SURPLUS_ATTR
@@ -82,6 +82,29 @@ def _finish(process: subprocess.Popen[str], returncode: int = 0) -> str:
     output = process.communicate(timeout=600)[0]
     assert process.returncode == returncode, output[-4000:]
     return output
+
+
+def _wait_for_runs(sweep: subprocess.Popen[str], study: str, storage: str, count: int) -> list[FrozenTrial]:
+    """Poll until ``count`` of the study's trials have started their MLflow run (their jobs train)."""
+    deadline = time.monotonic() + 180
+    trials: list[FrozenTrial] = []
+    while time.monotonic() < deadline and sweep.poll() is None:
+        try:
+            trials = optuna.load_study(study_name=study, storage=storage).get_trials()
+        except Exception:  # no storage or study yet
+            trials = []
+        if sum(RUN_ID_ATTR in t.user_attrs for t in trials) >= count:
+            return trials
+        time.sleep(0.5)
+    raise AssertionError(f"{count} jobs of {study!r} did not start")
+
+
+def _assert_given_back(study: str, storage: str, client: MlflowClient) -> None:
+    """After an interrupt: both started trials failed and re-enqueued, their runs closed as KILLED."""
+    trials = optuna.load_study(study_name=study, storage=storage).get_trials()
+    assert sorted(t.state.name for t in trials) == ["FAIL", "FAIL", "WAITING", "WAITING"]
+    started = [t for t in trials if RUN_ID_ATTR in t.user_attrs]
+    assert [client.get_run(t.user_attrs[RUN_ID_ATTR]).info.status for t in started] == ["KILLED", "KILLED"]
 
 
 def _assert_sweep_intact(study: optuna.Study, client: MlflowClient, output: str, sweep_root: Path) -> None:
@@ -157,20 +180,12 @@ def test_ray_worker_killed_mid_trial_fails_its_trial_closes_its_run_and_retries_
         "hydra.sweeper.study_name=raykill", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
         "hydra/launcher=ray", f"+hydra.launcher.ray.init.address={address}", env=env,
     )  # fmt: skip
-    deadline = time.monotonic() + 180
-    victim = None
-    while victim is None and time.monotonic() < deadline and sweep.poll() is None:
-        try:
-            trials = optuna.load_study(study_name="raykill", storage=postgres_url).get_trials()
-        except KeyError:
-            trials = []
-        started = [t for t in trials if t.state == TrialState.RUNNING and RUN_ID_ATTR in t.user_attrs]
-        pids = _ray_job_pids()
-        if started and pids:
-            victim = pids[0]
-        else:
-            time.sleep(0.5)
-    assert victim is not None, "no Ray job started"
+    _wait_for_runs(sweep, "raykill", postgres_url, 1)
+    deadline = time.monotonic() + 60
+    while not _ray_job_pids() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _ray_job_pids(), "no Ray job process"
+    victim = _ray_job_pids()[0]
     os.kill(victim, signal.SIGKILL)
     _finish(sweep)
 
@@ -254,24 +269,10 @@ def test_ray_sweep_interrupted_gives_back_its_trials_and_closes_their_runs(
         "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "hydra/launcher=ray",
         f"+hydra.launcher.ray.init.address={address}", env=env,
     )  # fmt: skip
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and sweep.poll() is None:
-        try:
-            trials = optuna.load_study(study_name="rayint", storage=postgres_url).get_trials()
-        except KeyError:
-            trials = []
-        if sum(RUN_ID_ATTR in t.user_attrs for t in trials) == 2:
-            break
-        time.sleep(0.5)
+    _wait_for_runs(sweep, "rayint", postgres_url, 2)
     sweep.send_signal(signal.SIGINT)
     _finish(sweep, returncode=130)
-
-    trials = optuna.load_study(study_name="rayint", storage=postgres_url).get_trials()
-    started = [t for t in trials if RUN_ID_ATTR in t.user_attrs]
-    assert len(started) == 2 and all(t.state == TrialState.FAIL for t in started)
-    assert sorted(t.state.name for t in trials) == ["FAIL", "FAIL", "WAITING", "WAITING"]  # given back
-    client = MlflowClient(mlflow_server)
-    assert [client.get_run(t.user_attrs[RUN_ID_ATTR]).info.status for t in started] == ["KILLED", "KILLED"]
+    _assert_given_back("rayint", postgres_url, MlflowClient(mlflow_server))
     deadline = time.monotonic() + 30
     while _ray_job_pids() and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -293,24 +294,27 @@ def test_submitit_sweep_terminated_cancels_its_jobs_and_closes_their_runs(tmp_pa
         "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "hydra/launcher=submitit_local", env={},
     )  # fmt: skip
     storage = f"sqlite:///{tmp_path / 'clipsweep.db'}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and sweep.poll() is None:
-        try:
-            trials = optuna.load_study(study_name="subint", storage=storage).get_trials()
-        except Exception:  # no storage or study yet
-            trials = []
-        if sum(RUN_ID_ATTR in t.user_attrs for t in trials) == 2:
-            break
-        time.sleep(0.5)
+    _wait_for_runs(sweep, "subint", storage, 2)
     sweep.send_signal(signal.SIGTERM)
     _finish(sweep, returncode=130)
-
-    trials = optuna.load_study(study_name="subint", storage=storage).get_trials()
-    assert sorted(t.state.name for t in trials) == ["FAIL", "FAIL", "WAITING", "WAITING"]  # given back
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    started = [t for t in trials if RUN_ID_ATTR in t.user_attrs]
-    assert [client.get_run(t.user_attrs[RUN_ID_ATTR]).info.status for t in started] == ["KILLED", "KILLED"]
+    _assert_given_back("subint", storage, MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"))
     deadline = time.monotonic() + 30
     while _submitit_job_pids() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _submitit_job_pids()
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_ray_cluster_with_token_auth_refuses_a_driver_without_the_token_mode_in_one_line(
+    tmp_path: Path, ray_cluster: tuple[str, Path]
+) -> None:
+    """`ray start` turns token authentication on; a driver that does not ask for it is refused by the
+    cluster. The sweep says what to set, exit 2, before any store is written."""
+    address, _ = ray_cluster
+    sweep = _sweep(tmp_path, "search=threshold", "hydra/launcher=ray", f"+hydra.launcher.ray.init.address={address}",
+                   env={"RAY_AUTH_MODE": "disabled"})  # fmt: skip
+    output = _finish(sweep, returncode=2)
+    assert f"clipsweep: error: hydra.launcher.ray.init.address='{address}' is not allowed: " in output
+    assert "RAY_AUTH_MODE=token" in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no study, no MLflow store, no sweep dir
