@@ -16,7 +16,13 @@ from clipsweep.composition import compose, conf_dir, split_hydra_args
 from clipsweep.errors import ConfigError, Refused, SweepFailed, UsageError
 from clipsweep.job import run_job
 from clipsweep.names import STORAGE_ENV, TRACKING_URI_ENV
-from clipsweep.preflight import MULTIRUN_FLAGS, plan_sweep_line, validate_command_line, validate_sweep_line
+from clipsweep.preflight import (
+    MULTIRUN_FLAGS,
+    plan_sweep_line,
+    validate_command_line,
+    validate_grid_line,
+    validate_sweep_line,
+)
 
 USAGE = """usage: clipsweep <command> [hydra overrides and flags]
 
@@ -63,18 +69,6 @@ def _basic_sweeper(args: Sequence[str]) -> list[str]:
     return args
 
 
-def _fixed_overrides(args: Sequence[str]) -> list[str]:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    overrides, _, _ = split_hydra_args([a for a in args if a not in MULTIRUN_FLAGS])
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception:  # Hydra reports it with the whole line
-        return [a for a in args if a not in MULTIRUN_FLAGS]
-    fixed = {o.input_line for o in parsed if not o.is_sweep_override()}
-    return [a for a in args if a not in MULTIRUN_FLAGS and (a.startswith("-") or a in fixed)]
-
-
 def run_command(args: Sequence[str], validated: bool = False) -> int:
     if not validated and any(a in ("-h", "--help") for a in args):  # Hydra's lists internal schema/* groups
         from clipsweep.usage import run_help
@@ -87,8 +81,8 @@ def run_command(args: Sequence[str], validated: bool = False) -> int:
 
     args = _basic_sweeper(args)
     if not validated:
-        if BASIC_SWEEPER in args:  # Hydra's grid: each job is a plain run, its fixed part checked here
-            error = validate_command_line(_fixed_overrides(args))
+        if BASIC_SWEEPER in args:  # Hydra's grid: each job is a plain run
+            error = validate_grid_line(args)
         elif any(a in MULTIRUN_FLAGS for a in args):
             error = validate_sweep_line(args)
         else:

@@ -63,6 +63,11 @@ _POLL_SECONDS = 2.0
 _FAILED_PREFIX = "sweep failed: "
 
 
+def _recorded_run(study: optuna.Study, trial: Trial) -> str | None:
+    """The MLflow run the trial's job recorded (in its own process: read back from the storage)."""
+    return study._storage.get_trial(trial._trial_id).user_attrs.get(RUN_ID_ATTR)
+
+
 class OptunaSweeper(Sweeper):
     """Hydra Sweeper: Optuna ask/tell over Hydra's launcher, with pruning, budgets and MLflow."""
 
@@ -266,7 +271,7 @@ class OptunaSweeper(Sweeper):
         trial.set_user_attr(INTERRUPTED_ATTR, True)
         studies.tell(study, trial, state=TrialState.FAIL)
         study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF_ATTR: trial.number})
-        run_id = study._storage.get_trial(trial._trial_id).user_attrs.get(RUN_ID_ATTR)
+        run_id = _recorded_run(study, trial)
         if run_id:
             parent.end_other_run(run_id, "KILLED", {TRIAL_STATE_TAG: "FAIL (interrupted)"})
 
@@ -280,7 +285,7 @@ class OptunaSweeper(Sweeper):
         ``max_failure_rate``. A job that never started says the engine cannot run jobs at all (a
         cluster it cannot reach): retrying would only repeat that, so it counts at once.
         """
-        run_id = study._storage.get_trial(trial._trial_id).user_attrs.get(RUN_ID_ATTR)
+        run_id = _recorded_run(study, trial)
         if not run_id:  # never started: the engine itself failed (unreachable cluster, bad resources)
             OptunaSweeper._fail(study, trial, f"the launcher could not run the job: {reason}")
             return
@@ -305,7 +310,7 @@ class OptunaSweeper(Sweeper):
                 self._lost(plan, study, trial, str(error), parent)
                 return
             self._fail(study, trial, f"{type(error).__name__}: {error}")
-            run_id = study._storage.get_trial(trial._trial_id).user_attrs.get(RUN_ID_ATTR)
+            run_id = _recorded_run(study, trial)
             if run_id:  # the job closed its run itself; the tag tells the UI how the trial ended
                 parent.tag_run(run_id, {TRIAL_STATE_TAG: "FAIL"})
             return

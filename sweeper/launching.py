@@ -19,8 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +31,12 @@ from clipsweep.errors import ConfigError
 from clipsweep.names import STORAGE_ENV, TRACKING_PIN_ENV
 from clipsweep.storage import absolute_url, mask_url
 
-# Launchers that run a batch on this machine and return it together (a failing job comes back as a
-# failed JobReturn, not as an exception): they get the whole batch in one call.
-_BATCHING = ("BasicLauncher", "JoblibLauncher")
-_JOIN_SECONDS = 0.5
 _CONNECT_SECONDS = 5.0
 _log = logging.getLogger("hydra")  # the per-job line Hydra's launchers print
 
 
 class LostJob(Exception):
     """The launcher's engine lost a job (worker killed, time limit, node gone): no result came back."""
-
-
-def _batches_locally(launcher: Launcher) -> bool:
-    return type(launcher).__name__ in _BATCHING
 
 
 def prepare(launcher: Launcher) -> None:
@@ -126,7 +117,7 @@ def _reachable(address: str | None) -> None:
 def stop(launcher: Launcher) -> None:
     """Leave the engine when the sweep ends: on Ray, the driver's unfinished tasks (an interrupted
     sweep's) are cancelled by the cluster rather than left training for trials already given back."""
-    if getattr(launcher, "ray_cfg", None) is None:
+    if not _is_ray(launcher):
         return
     import ray
 
@@ -159,52 +150,28 @@ def job_locations(sweep_dir: str | Path, storage: str, tracking_uri: str, cwd: s
 def launch(launcher: Launcher, batch: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     """Launch a batch; a job the engine loses comes back as a failed JobReturn holding a ``LostJob``.
 
-    Ray's tasks and submitit's jobs are gathered one by one and cancelled if the sweep stops waiting.
-    Any other engine that gathers a batch in one call gets one call per job, in threads (the calls
-    wait on remote work: the threads only wait), so one lost job cannot take its batch's results
-    with it; the threads are daemons, so an interrupted sweep does not wait for them.
+    Ray's tasks and submitit's jobs go through each plugin's own job function, are gathered one by
+    one and cancelled if the sweep stops waiting. Any other launcher (in-process, joblib) gets the
+    batch in one call, as Hydra gives it: it runs on this machine and returns a failing job as a
+    failed JobReturn itself.
     """
-    if _batches_locally(launcher):
-        return list(launcher.launch(batch, initial_job_idx=initial_job_idx))
-    if getattr(launcher, "ray_cfg", None) is not None:
+    if _is_ray(launcher):
         return _launch_on_ray(launcher, batch, initial_job_idx)
     if _is_submitit(launcher):
         return _launch_on_submitit(launcher, batch, initial_job_idx)
-    if len(batch) == 1:
-        return _launch_one_or_lose(launcher, batch, initial_job_idx)
-    results = [[_lost("the job's launch thread ended without a result")] for _ in batch]
-
-    def run(index: int) -> None:
-        results[index] = _launch_one_or_lose(launcher, [batch[index]], initial_job_idx + index)
-
-    threads = [
-        threading.Thread(target=run, args=(i,), daemon=True, name=f"clipsweep-job-{i}") for i in range(len(batch))
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        while thread.is_alive():  # a timed join keeps the main thread responsive to signals
-            thread.join(_JOIN_SECONDS)
-    return [r[0] for r in results]
+    return list(launcher.launch(batch, initial_job_idx=initial_job_idx))
 
 
 def _launch_on_ray(launcher: Any, batch: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
-    """hydra-ray-launcher's launch, with each task's result (or loss) gathered on its own, and the
-    batch's tasks cancelled when the sweep stops waiting (Ctrl-C, SIGTERM).
-
-    Its own ``launch`` gathers the batch in one list and cannot be waited on per job but from
-    threads, which Ray ends the process over when it shuts down under them. Jobs run through the
-    plugin's own remote job function, so a job on Ray is exactly what ``hydra/launcher=ray`` runs.
-    """
+    """hydra-ray-launcher's launch, through the plugin's own remote job function (a job on Ray is
+    exactly what ``hydra/launcher=ray`` runs); its own ``launch`` gathers the batch in one list that
+    one lost task fails as a whole."""
     import ray
     from hydra.core.singleton import Singleton
-    from hydra.core.utils import filter_overrides
     from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray
 
     refs = []
-    for offset, overrides in enumerate(batch):
-        idx = initial_job_idx + offset
-        _log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+    for idx, overrides in _announce(batch, initial_job_idx):
         sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = f"job_id_for_{idx}"
@@ -212,28 +179,16 @@ def _launch_on_ray(launcher: Any, batch: Sequence[Sequence[str]], initial_job_id
         remote = launcher.ray_cfg.remote
         state = Singleton.get_state()
         refs.append(launch_job_on_ray(launcher.hydra_context, remote, sweep_config, launcher.task_function, state))
-    results = []
-    try:
-        for ref in refs:
-            try:
-                results.append(ray.get(ref))
-            except ray.exceptions.RayError as err:  # the worker died, the node left, the task was cancelled
-                results.append(_lost(_reason(err)))
-    except BaseException:
-        for ref in refs:
-            with contextlib.suppress(Exception):
-                ray.cancel(ref, force=True)
-        raise
-    return results
+    # RayError: the worker died, the node left, the task was cancelled.
+    return _gather(refs, ray.get, lambda ref: ray.cancel(ref, force=True), ray.exceptions.RayError)
 
 
 def _launch_on_submitit(launcher: Any, batch: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
     """hydra-submitit-launcher's launch (the same executor, parameters and job function: the
-    launcher itself), with each job's result (or loss) gathered on its own and the batch's jobs
-    cancelled (``scancel``; a signal to a local job) when the sweep stops waiting."""
+    launcher itself), whose own ``launch`` also gathers the batch in one list; a cancelled job is
+    ``scancel``-ed on SLURM, signalled locally."""
     import submitit
     from hydra.core.singleton import Singleton
-    from hydra.core.utils import filter_overrides
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
     params = dict(launcher.params)
@@ -245,36 +200,55 @@ def _launch_on_submitit(launcher: Any, batch: Sequence[Sequence[str]], initial_j
     )
     generic = set(OmegaConf.structured(BaseQueueConf).keys())
     executor.update_parameters(**{k if k in generic else f"{cluster}_{k}": v for k, v in params.items()})
-    arguments = []
-    for offset, overrides in enumerate(batch):
-        idx = initial_job_idx + offset
-        _log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-        arguments.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+    arguments = [
+        (list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())
+        for idx, overrides in _announce(batch, initial_job_idx)
+    ]
     jobs = executor.map_array(launcher, *zip(*arguments))
+    # Any error here is outside the task (time limit, node failure): run_job returns the task's own.
+    return _gather(jobs, lambda job: job.results()[0], lambda job: job.cancel(check=False), Exception)
+
+
+def _announce(batch: Sequence[Sequence[str]], initial_job_idx: int) -> list[tuple[int, Sequence[str]]]:
+    """Each job's number and overrides, printed as Hydra's launchers print them."""
+    from hydra.core.utils import filter_overrides
+
+    numbered = [(initial_job_idx + offset, overrides) for offset, overrides in enumerate(batch)]
+    for idx, overrides in numbered:
+        _log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+    return numbered
+
+
+def _gather(
+    handles: Sequence[Any],
+    wait: Callable[[Any], JobReturn],
+    cancel: Callable[[Any], object],
+    lost_on: type[BaseException] | tuple[type[BaseException], ...],
+) -> list[JobReturn]:
+    """Each job's JobReturn, waited for one by one; an engine error (``lost_on``) is that job's loss
+    only. When the sweep stops waiting (Ctrl-C, SIGTERM) every job of the batch is cancelled, so none
+    keeps training for a trial the sweep gives back."""
     results = []
     try:
-        for job in jobs:
+        for handle in handles:
             try:
-                results.append(job.results()[0])
-            except Exception as err:  # the job failed outside the task (time limit, node failure)
+                results.append(wait(handle))
+            except lost_on as err:
                 results.append(_lost(_reason(err)))
     except BaseException:
-        for job in jobs:
+        for handle in handles:
             with contextlib.suppress(Exception):
-                job.cancel(check=False)
+                cancel(handle)
         raise
     return results
 
 
+def _is_ray(launcher: Launcher) -> bool:
+    return getattr(launcher, "ray_cfg", None) is not None
+
+
 def _is_submitit(launcher: Launcher) -> bool:
     return type(launcher).__module__.startswith("hydra_plugins.hydra_submitit_launcher")
-
-
-def _launch_one_or_lose(launcher: Launcher, batch: Sequence[Sequence[str]], job_idx: int) -> list[JobReturn]:
-    try:
-        return list(launcher.launch(batch, initial_job_idx=job_idx))
-    except Exception as err:  # the engine's error, not the job's (run_job returns those as FAILED)
-        return [_lost(_reason(err)) for _ in batch]
 
 
 def _lost(reason: str) -> JobReturn:

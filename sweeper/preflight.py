@@ -39,6 +39,26 @@ def validate_command_line(args: Sequence[str]) -> str | None:
     return check_buildable(config)
 
 
+def validate_grid_line(args: Sequence[str]) -> str | None:
+    """Hydra's basic sweeper: each job is a plain run of the line's fixed overrides plus one value of
+    each swept key (``key=a,b,c``), so the fixed part is checked as a run line."""
+    line = [a for a in args if a not in MULTIRUN_FLAGS]
+    overrides, _, _ = split_hydra_args(line)
+    try:
+        _, fixed = _split_sweeps(overrides)
+    except Exception:  # Hydra's parser error: composing the whole line reports it
+        return validate_command_line(line)
+    return validate_command_line([a for a in line if a.startswith("-") or a in fixed])
+
+
+def _split_sweeps(overrides: Sequence[str]) -> tuple[list[Any], list[str]]:
+    """The parsed overrides, and the fixed ones among them (not ``a,b``, ``interval(...)``, ...)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return parsed, [o.input_line for o in parsed if not o.is_sweep_override()]
+
+
 def validate_sweep_line(args: Sequence[str]) -> str | None:
     """What Hydra and the sweeper would reject, found before either runs: one line, exit code 2."""
     if any(a.partition("=")[0] in INFO_FLAGS for a in args):
@@ -57,8 +77,6 @@ def plan_sweep_line(args: Sequence[str]) -> SweepPlan:
     and its tracking store checked; then the sweeper's settings and search space are planned and
     the storage opened last, to refuse a study stored with another direction.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     from clipsweep.launching import require_joinable
     from clipsweep.plan import plan_sweep
     from clipsweep.storage import open_storage
@@ -67,8 +85,7 @@ def plan_sweep_line(args: Sequence[str]) -> SweepPlan:
 
     overrides, config_dir, config_name = split_hydra_args([a for a in args if a not in MULTIRUN_FLAGS])
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-        fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+        parsed, fixed = _split_sweeps(overrides)
         config = compose(fixed, config_dir, config_name, return_hydra_config=True)
     except Exception as err:
         raise UsageError(one_line(err)) from None

@@ -253,8 +253,9 @@ class TrialReporter:
         if not trial_id or sweeper_config is None:  # conf/config.yaml declares it empty outside a sweep
             return None
         settings = sweeper_settings(sweeper_config)
+        url = storage_url(settings["storage"])
         storage = open_storage(
-            storage_url(settings["storage"]),
+            url,
             int(settings["heartbeat_interval"]),
             int(settings["grace_period"]),
             int(settings["max_retry"]),
@@ -266,7 +267,7 @@ class TrialReporter:
         except KeyError:  # an empty database beside the job, not the sweep's
             raise ConfigError(
                 "hydra.sweeper.storage",
-                mask_url(storage_url(settings["storage"])),
+                mask_url(url),
                 f"the storage holding study {os.environ[STUDY_ENV]!r} (the job must reach the sweep's storage)",
             ) from None
         objective = settings["objective"]
