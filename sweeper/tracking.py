@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from clipsweep.errors import ConfigError
+from clipsweep.storage import absolute_url
 
 try:
     import fcntl
@@ -230,9 +231,7 @@ class MlflowTracker(Tracker):
         return self._client
 
     def _store(self) -> str:
-        if self.uri.startswith("sqlite:///"):  # a relative file means another store in another directory
-            return "sqlite:///" + os.path.abspath(self.uri[len("sqlite:///") :])
-        return self.uri
+        return absolute_url(self.uri, os.getcwd())  # a relative file means another store in another directory
 
     def _experiment(self) -> str:
         store = self._store()
