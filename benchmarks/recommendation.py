@@ -21,6 +21,8 @@ already optimal.
 from __future__ import annotations
 
 import argparse
+import glob
+import json
 import math
 import os
 import statistics
@@ -70,11 +72,30 @@ def badness(config: dict, result_val: dict[str, float], status: str) -> float:
     return result_val["val/loss"]
 
 
-def mean_over_seeds(config: dict, clip: dict | None, seeds: list[int]) -> float:
-    values = []
-    for seed in seeds:
+_CACHE: dict[str, float] = {}
+"""Retrained (config, clip, seed) -> badness, kept in the store: a rule change retrains only new configs."""
+
+
+def _load_cache() -> None:
+    for path in glob.glob("retrain-cache-*.jsonl"):
+        with open(path) as lines:
+            for line in lines:
+                key, value = json.loads(line)
+                _CACHE[key] = value
+
+
+def _retrained(config: dict, clip: dict | None, seed: int) -> float:
+    key = json.dumps([config, clip, seed], sort_keys=True, default=str)
+    if key not in _CACHE:
         result = retrain(config, clip, seed, {"enabled": False}, "arm", {})
-        values.append(badness(config, result.val, result.status))
+        _CACHE[key] = badness(config, result.val, result.status)
+        with open(f"retrain-cache-{os.getpid()}.jsonl", "a") as out:
+            out.write(json.dumps([key, _CACHE[key]]) + "\n")
+    return _CACHE[key]
+
+
+def mean_over_seeds(config: dict, clip: dict | None, seeds: list[int]) -> float:
+    values = [_retrained(config, clip, seed) for seed in seeds]
     finite = [v for v in values if v == v]
     return statistics.fmean(finite) if len(finite) == len(values) else math.nan
 
@@ -134,6 +155,7 @@ def main_benchmark() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.makedirs(args.store or tmp, exist_ok=True)
         os.chdir(args.store or tmp)
+        _load_cache()
         for name in args.settings:  # each row as soon as its setting is done: a long run can be read early
             row = table_row(name, run_setting(name, SETTINGS[name], args.trials, args.seeds, args.sampler_seeds))
             print(f"ROW {row}", flush=True)
