@@ -37,7 +37,7 @@ from clipsweep.cli import main
 from clipsweep.composition import compose
 from clipsweep.names import CONFIG_ATTR
 from clipsweep.recommend import RecommendSettings, recommend
-from clipsweep.tracking import NullTracker
+from clipsweep.tracker import NullTracker
 from clipsweep.validation import retrain
 
 DIGITS_DATA = ["task=digits", "train.batch_size=64", "train.steps=1200", "train.eval_every=200"]

@@ -37,7 +37,7 @@ from clipsweep.errors import ConfigError
 from clipsweep.histogram import NormHistogram
 from clipsweep.names import ROLE_TAG
 from clipsweep.telemetry import Telemetry
-from clipsweep.tracking import Tracker
+from clipsweep.tracker import Tracker
 from clipsweep.training import RunResult, Trainer, build, train
 
 

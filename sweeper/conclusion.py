@@ -19,7 +19,7 @@ from clipsweep.recommend import recommend
 from clipsweep.recommendation import spans_a_decade
 from clipsweep.report import log_recommendation, log_sweep_figure, trials_table
 from clipsweep.storage import mask_url
-from clipsweep.tracking import Tracker
+from clipsweep.tracker import Tracker
 
 
 def write_results(

@@ -57,7 +57,8 @@ from clipsweep.plan import SweepPlan, open_planned_study, plan_sweep
 from clipsweep.progress import sweep_eta
 from clipsweep.search_space import format_value
 from clipsweep.storage import TRANSIENT, mask_url, retrying
-from clipsweep.tracking import Tracker, make_tracker, masked
+from clipsweep.tracker import Tracker, masked
+from clipsweep.tracking import make_tracker
 
 _POLL_SECONDS = 2.0
 _FAILED_PREFIX = "sweep failed: "

@@ -59,7 +59,8 @@ def _run_job(config: DictConfig) -> dict[str, Any]:
         config.tracking.uri = pinned
 
     from clipsweep.study import TrialReporter
-    from clipsweep.tracking import make_tracker, masked
+    from clipsweep.tracker import masked
+    from clipsweep.tracking import make_tracker
     from clipsweep.training import build, train
 
     setup = build(config)

@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 from clipsweep.names import RECOMMENDED_TAG, RECOMMENDED_TRIAL_TAG
 from clipsweep.plots import norm_histogram_png
 from clipsweep.recommendation import Recommendation, spans_a_decade
-from clipsweep.tracking import Tracker
+from clipsweep.tracker import Tracker
 from clipsweep.validation import Validation
 
 

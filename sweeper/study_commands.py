@@ -18,7 +18,7 @@ from clipsweep.errors import ConfigError, UsageError
 from clipsweep.names import PARENT_RUN_ATTR, ROLE_TAG, STORAGE_TAG, STUDY_TAG, TRACKING_URI_ATTR, VALIDATION_ATTR
 
 if TYPE_CHECKING:
-    from clipsweep.tracking import Tracker
+    from clipsweep.tracker import Tracker
 
 _MASKED = "***"
 

@@ -31,7 +31,7 @@ from clipsweep.progress import RunProgress
 from clipsweep.tasks import Task, model_kwargs
 from clipsweep.tasks import metrics as task_metrics
 from clipsweep.telemetry import RunSummary, Telemetry, Window, steps_csv
-from clipsweep.tracking import Tracker, flatten, masked
+from clipsweep.tracker import Tracker, flatten, masked
 
 PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
 
@@ -283,7 +283,7 @@ def train(
     them under its parent run); ``run_name`` falls back to ``tracking.run_name``. ``on_start``
     receives the tracking run id as soon as the run exists, so a crash later can still be traced.
 
-    One function on purpose: the loop's order (step, drain telemetry, evaluate, stop) and the run's
+    One long function on purpose: the loop's order (step, drain telemetry, evaluate, stop) and the run's
     lifecycle (started once, ended on every exit, KILLED on an interrupt) are checked most easily
     when they read top to bottom together.
     """

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 
 from clipsweep.calibrate import CalibrateSettings, calibrate
 from clipsweep.errors import ConfigError
-from clipsweep.tracking import NullTracker, make_tracker
+from clipsweep.tracker import NullTracker
+from clipsweep.tracking import make_tracker
 from clipsweep.training import build, train
 
 TINY = ("model.hidden_size=8", "task.seq_len=10", "task.val_size=32", "train.batch_size=8", "train.eval_every=10")

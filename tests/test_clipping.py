@@ -21,11 +21,11 @@ from clipsweep.clipping import (
     PercentileClip,
     ValueClip,
     ZClip,
-    _nanquantile,
     clip_schema,
     clipper_class,
     make_clipper,
 )
+from clipsweep.clipping.percentile import _nanquantile
 from clipsweep.errors import ConfigError
 
 
@@ -240,3 +240,14 @@ def test_clipper_class_answers_what_recommend_and_export_ask_of_each_method() ->
         assert threshold == (config["threshold"] if method is ClipMethod.norm else None)
         assert cls.bounds_global_norm is (method in (ClipMethod.norm, ClipMethod.none))
         assert (cls.torch_snippet(config) is not None) is (method in (ClipMethod.norm, ClipMethod.value))
+
+
+def test_clipper_subclass_registers_its_method_once() -> None:
+    """Defining a ``Clipper`` subclass is what makes a method available; a second one is refused."""
+    assert {clipper_class(m) for m in ClipMethod} == {NoClip, NormClip, ValueClip, PercentileClip, ZClip, AGC}
+    with pytest.raises(TypeError, match="'norm' has two implementations"):
+
+        class AnotherNorm(NormClip):
+            method = ClipMethod.norm
+
+    assert clipper_class("norm") is NormClip

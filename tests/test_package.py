@@ -13,11 +13,16 @@ from clipsweep import names
 PACKAGE = Path(clipsweep.__file__).parent
 
 
+def _module(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(["clipsweep", *parts[: -1 if parts[-1] == "__init__" else None]])
+
+
 def _imports() -> dict[str, set[str]]:
     """Every ``clipsweep.*`` module each module imports, at the top or inside a function."""
     graph: dict[str, set[str]] = {}
-    for path in PACKAGE.glob("*.py"):
-        name = "clipsweep" if path.stem == "__init__" else f"clipsweep.{path.stem}"
+    for path in PACKAGE.rglob("*.py"):
+        name = _module(path)
         found: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module == "clipsweep":
@@ -67,10 +72,10 @@ def test_package_names_shared_across_processes_are_spelled_only_in_names() -> No
     values = {v for k, v in vars(names).items() if k.isupper() and isinstance(v, str)}
     # The package's own module paths look alike (find_spec("clipsweep.conf")); a name spelled like a
     # module (clipsweep.config) is still checked.
-    modules = {f"clipsweep.{p.stem}" for p in PACKAGE.glob("*.py")} | {"clipsweep.conf", "clipsweep.models"}
+    modules = {_module(p) for p in PACKAGE.rglob("*.py")} | {"clipsweep.conf", "clipsweep.models"}
     spelled = {
         f"{path.name}:{node.lineno}: {node.value}"
-        for path in PACKAGE.glob("*.py")
+        for path in PACKAGE.rglob("*.py")
         if path.name != "names.py"
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Constant)
@@ -80,3 +85,23 @@ def test_package_names_shared_across_processes_are_spelled_only_in_names() -> No
     }
     assert spelled == set()
     assert shared.match(names.ROLE_TAG) and shared.match(names.STORAGE_ENV)  # the pattern sees the real names
+
+
+MAX_MODULE_LINES = 375
+MAX_FUNCTION_LINES = 60
+
+
+def test_package_modules_and_functions_stay_short_or_say_why() -> None:
+    """A module over ~350 lines owns more than one concept; a function over 60 lines does more than one
+    thing unless its docstring says why it is long (the word "long" in it)."""
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{_module(path)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > MAX_FUNCTION_LINES and "long" not in (ast.get_docstring(node) or "").lower():
+                    too_long.append(f"{_module(path)}.{node.name}: {length} lines, no reason given")
+    assert too_long == []

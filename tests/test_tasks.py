@@ -13,7 +13,7 @@ import torch
 from clipsweep.config import AddingConf, CopyMemoryConf, DigitsConf, TextCSVConf
 from clipsweep.errors import ConfigError
 from clipsweep.tasks import AddingTask, CopyMemoryTask, DigitsTask, TextCSVTask
-from clipsweep.tracking import NullTracker
+from clipsweep.tracker import NullTracker
 from clipsweep.training import build, train
 
 

@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from clipsweep.errors import ConfigError
 from clipsweep.tasks import AddingTask
 from clipsweep.telemetry import Telemetry
-from clipsweep.tracking import NullTracker
+from clipsweep.tracker import NullTracker
 from clipsweep.training import Trainer, build, train
 
 SMALL = ("model.hidden_size=16", "task.seq_len=12", "task.val_size=64", "train.batch_size=8")

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from clipsweep.histogram import NormHistogram
 from clipsweep.recommendation import Recommendation, TrialNorms
-from clipsweep.tracking import NullTracker
+from clipsweep.tracker import NullTracker
 from clipsweep.training import build, train
 from clipsweep.validation import Validation, validate
 
