@@ -3,8 +3,9 @@ calibrate nearly as good for a tenth of the compute?
 
 For each setting (task x cell x optimizer, at a learning rate where clipping changes the outcome)
 and each sampler seed this runs, in this process, with tracking off and one torch thread:
-  - an N-trial threshold sweep (``search=threshold``: the learning rate stays fixed, so every arm
-    below trains at the same rate) with TPE (that sampler seed) and the median pruner;
+  - an N-trial threshold sweep (20 by default, as ``clipsweep sweep``; ``search=threshold``: the
+    learning rate stays fixed, so every arm below trains at the same rate) with TPE (that sampler
+    seed) and the median pruner;
   - the recommendation from it, validated against the best trial's config on seeds 1..K;
   - ``calibrate`` (default settings), once per setting (it has no sampler);
 then retrains no clipping, the folk threshold 1.0 and the calibrated threshold on the same seeds.
@@ -14,7 +15,7 @@ behind the targets: recommendation within 2% of the best trial's config (ratio o
 other, calibrate within 5% at <= 1/10 of the sweep's steps, both better than 1.0 where 1.0 is not
 already optimal.
 
-    python benchmarks/recommendation.py [--trials 12] [--seeds 3] [--sampler-seeds 0 1] [--settings ...]
+    python benchmarks/recommendation.py [--trials 20] [--seeds 3] [--sampler-seeds 0 1] [--settings ...]
                                         [--store DIR]
 """
 
@@ -145,7 +146,7 @@ def run_setting(name: str, overrides: list[str], trials: int, seeds: int, sample
 
 def main_benchmark() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--trials", type=int, default=20, help="trials per sweep (20: the sweep's default)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--sampler-seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))

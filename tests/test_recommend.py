@@ -49,6 +49,7 @@ def _add(
     method: str = "norm",
     state: TrialState = TrialState.COMPLETE,
     status: str = "finished",
+    reached: int | None = None,
 ) -> None:
     """A trial as the sweep stores it: params with their distributions, the resolved config, the norms."""
     clip: dict[str, Any] = {"method": method}
@@ -62,9 +63,14 @@ def _add(
             value=value if state == TrialState.COMPLETE else None,
             params=params,
             distributions={k: distributions[k] for k in params},
+            intermediate_values={} if reached is None else {reached: BASELINE},
             user_attrs={
                 NORMS_ATTR: _norms_attr(norms, clip.get("threshold")),
-                CONFIG_ATTR: {"clip": clip, "optim": {"lr": params.get("optim.lr", 0.1)}, "train": {"seed": 0}},
+                CONFIG_ATTR: {
+                    "clip": clip,
+                    "optim": {"lr": params.get("optim.lr", 0.1)},
+                    "train": {"seed": 0, "steps": STEPS},
+                },
                 "clipsweep.status": status,
             },
         )
@@ -134,6 +140,25 @@ def test_recommend_prefers_a_good_neighbourhood_over_one_lucky_trial(tmp_path: P
     r = recommend(study, RecommendSettings(tolerance=0.2))
     assert r.best.number == 4
     assert r.threshold in (0.03, 0.05, 0.08, 0.12) and r.interval == (0.03, 0.12)
+
+
+def test_recommend_weighs_a_pruned_trial_by_the_share_of_its_steps_it_trained(tmp_path: Path) -> None:
+    """Two good bands; the best trial sits in the one whose pruned neighbours ran 90% of their steps
+    (they failed for real), the other's pruned neighbours stopped at step 100, when every run was
+    still at chance (the pruner's coin flips). Counted alike, the best trial's neighbourhood looked as
+    good as any and it stood; weighted by what they saw, the band with early stops wins."""
+    study = _study(tmp_path)
+    for threshold, value in ((0.02, 0.0009), (0.03, 0.0013), (0.045, 0.0012)):  # the best trial is here
+        _add(study, value, {"clip.threshold": threshold})
+    for threshold in (0.025, 0.037, 0.055):
+        _add(study, None, {"clip.threshold": threshold}, state=TrialState.PRUNED, reached=900)
+    for threshold, value in ((2.0, 0.0010), (3.0, 0.0012), (4.5, 0.0011)):
+        _add(study, value, {"clip.threshold": threshold})
+    for threshold in (2.5, 3.7, 5.5):
+        _add(study, None, {"clip.threshold": threshold}, state=TrialState.PRUNED, reached=100)
+    r = recommend(study)
+    assert r.best.number == 0
+    assert r.threshold in (2.0, 3.0, 4.5) and r.interval is not None and 2.0 <= r.interval[0] <= r.interval[1] <= 4.5
 
 
 def test_recommend_keeps_the_best_trial_when_its_neighbours_back_it(tmp_path: Path) -> None:
