@@ -236,8 +236,9 @@ def _robust_trial(
         # The best trial's neighbourhood backs it (its kernel-smoothed quality is within tolerance of
         # the best neighbourhood's): the measured optimum stands.
         good, _ = neighbourhood(best)
+        which = "the best trial" if regret[best] == regret.min() else "the best trial that clipped"
         rule = (
-            f"the best trial: its neighbourhood scores {scores[best]:.2f}, within {tol:.0%} of the best "
+            f"{which}: its neighbourhood scores {scores[best]:.2f}, within {tol:.0%} of the best "
             f"neighbourhood's {scores[anchor]:.2f} (kernel width {h:g}){never}"
         )
         return trials[best], [trials[k] for k in good], _interval(space, trials, points, good, best, h), rule
