@@ -187,8 +187,8 @@ def dashboard_command(args: Sequence[str]) -> int:
     import argparse
     import importlib.util
 
-    from clipsweep.config import SweeperConf
     from clipsweep.storage import JOURNAL_PREFIX, mask_url, storage_url
+    from clipsweep.sweep_config import SweeperConf
 
     parser = argparse.ArgumentParser(prog="clipsweep dashboard", description=dashboard_command.__doc__)
     parser.add_argument("--port", type=int, default=8080)

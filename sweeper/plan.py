@@ -15,12 +15,12 @@ from hydra.utils import get_method
 from omegaconf import OmegaConf
 
 from clipsweep import study as studies
-from clipsweep.config import sweeper_settings
 from clipsweep.errors import ConfigError
 from clipsweep.instantiation import instantiate_node
 from clipsweep.recommend import RecommendSettings
 from clipsweep.search_space import SearchSpace, parse_search_space
 from clipsweep.storage import open_storage, storage_url
+from clipsweep.sweep_config import sweeper_settings
 
 _DIRECTIONS = ("minimize", "maximize")
 

@@ -49,7 +49,6 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.trial import TrialState
 
 from clipsweep.clipping import ClipMethod, clipper_class
-from clipsweep.config import RecommendConf
 from clipsweep.errors import ConfigError
 from clipsweep.histogram import NormHistogram
 from clipsweep.names import STATUS_ATTR
@@ -62,6 +61,7 @@ from clipsweep.recommendation import (
     spans_a_decade,
     trial_norms,
 )
+from clipsweep.sweep_config import RecommendConf
 
 _THRESHOLD = "clip.threshold"
 _NEIGHBOURHOOD = 2.0

@@ -21,7 +21,6 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from clipsweep.config import sweeper_settings
 from clipsweep.errors import ConfigError
 from clipsweep.names import (
     FAIL_REASON_ATTR,
@@ -36,6 +35,7 @@ from clipsweep.names import (
     TRIAL_NUMBER_TAG,
 )
 from clipsweep.storage import mask_url, open_storage, retrying, storage_url
+from clipsweep.sweep_config import sweeper_settings
 
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 

@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _study_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    from clipsweep.config import RecommendConf, SweeperConf
+    from clipsweep.sweep_config import RecommendConf, SweeperConf
 
     parser = _Parser(prog=f"clipsweep {prog}", description=description)
     parser.add_argument("--study", help="study name (hydra.sweeper.study_name of the sweep)")
@@ -58,8 +58,8 @@ def _open_study(options: argparse.Namespace) -> tuple[Any, str]:
     """The stored study; refuses a missing storage file or an unknown study without creating either."""
     import optuna
 
-    from clipsweep.config import SweeperConf
     from clipsweep.storage import mask_url, open_storage, storage_url
+    from clipsweep.sweep_config import SweeperConf
 
     if not options.study:
         raise ConfigError("--study", None, "the name of a stored study")
@@ -216,7 +216,7 @@ def export_command(args: Sequence[str]) -> int:
 def trials_command(args: Sequence[str]) -> int:
     """Every trial of a study: state, outcome (completed, pruned, diverged, failed), objective, params,
     clip fraction and failure reason."""
-    from clipsweep.config import SweeperConf
+    from clipsweep.sweep_config import SweeperConf
     from clipsweep.trials import FORMATS, render, rows
 
     parser = _Parser(prog="clipsweep trials", description=trials_command.__doc__)
@@ -264,8 +264,8 @@ def calibrate_command(args: Sequence[str]) -> int:
 
     from clipsweep.calibrate import CalibrateSettings, calibrate
     from clipsweep.composition import compose, one_line, require_buildable, split_hydra_args
-    from clipsweep.config import SweeperConf
     from clipsweep.export import refuse_existing, write
+    from clipsweep.sweep_config import SweeperConf
     from clipsweep.tracking import make_tracker
     from clipsweep.training import require_reported
 

@@ -8,7 +8,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from clipsweep.config import SCHEMAS, SWEEPER_SCHEMAS, RecommendConf, SweeperConf, TrackingConf, TrainConf
+from clipsweep.config import SCHEMAS, TrackingConf, TrainConf
+from clipsweep.sweep_config import SWEEPER_SCHEMAS, RecommendConf, SweeperConf
 
 
 def field_docs(schema: type) -> dict[str, str]:

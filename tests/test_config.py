@@ -13,9 +13,10 @@ from hydra.utils import get_class
 from omegaconf import MISSING, OmegaConf
 
 from clipsweep.clipping import ClipMethod, clip_schema, make_clipper
-from clipsweep.config import SCHEMAS, RecommendConf, SweeperConf, sweeper_settings
+from clipsweep.config import SCHEMAS
 from clipsweep.plan import plan_sweep
 from clipsweep.recommend import RecommendSettings
+from clipsweep.sweep_config import RecommendConf, SweeperConf, sweeper_settings
 from clipsweep.training import build
 from clipsweep.usage import dataclasses_defaults
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from clipsweep.cli import main
-from clipsweep.config import RecommendConf, SweeperConf
+from clipsweep.sweep_config import RecommendConf, SweeperConf
 from clipsweep.usage import dataclasses_defaults
 
 
