@@ -23,10 +23,11 @@ parameters, so the rule works on that surface:
    recommendation is the good trial nearest the quality- and kernel-weighted centre of the good
    trials around the anchor. Either way the recommended config was itself trained and scored, lies
    inside what good trials support by construction, and is exported and reproduced exactly like
-   any trial. Measured on 24 benchmark sweeps (6 settings x 4 sampler seeds, each recommendation
-   retrained on 3 fresh seeds): within 2% of the best trial's config on 23 of 24, and better than
-   it on average (0.94x); moving to the centre whenever the centre differed did worse (19 of 24,
-   up to 1.9x), and so did choosing never-clipping trials (18 of 24, up to 3.8x).
+   any trial. Measured on 24 12-trial benchmark sweeps (6 settings x 4 sampler seeds, each
+   recommendation retrained on 3 fresh seeds): within 2% of the best trial's config on 23 of 24,
+   and better than it on average (0.94x); moving to the centre whenever the centre differed did
+   worse (19 of 24, up to 1.9x), and so did choosing never-clipping trials (18 of 24, up to 3.8x).
+   On 12 20-trial sweeps (6 x 2), with pruned trials weighed by the steps they trained: 11 of 12.
 
 The uncertainty is the interval of good thresholds at the recommended setting of the other
 parameters (within two bandwidths of it). The norm percentiles are the explanation: where the

@@ -251,3 +251,9 @@ def test_clipper_subclass_registers_its_method_once() -> None:
             method = ClipMethod.norm
 
     assert clipper_class("norm") is NormClip
+
+
+def test_clipper_of_each_method_lives_in_the_module_named_after_it() -> None:
+    """One module per method (``sweeper/clipping/<name>.py``), each found by the package on import."""
+    for method in ClipMethod:
+        assert clipper_class(method).__module__ == f"clipsweep.clipping.{method.value}"

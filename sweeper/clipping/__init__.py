@@ -7,9 +7,13 @@ history (or a warm-up without clipping) exactly when a run explodes: in its firs
 
 One module per method (``none``, ``norm``, ``value``, ``percentile``, ``zclip``, ``agc``), each a
 ``Clipper`` subclass that owns its config (its constructor's parameters become the ``clip=<name>``
-schema), its global-threshold reading and its export snippet. Adding a method: a member of
-``ClipMethod``, a module here imported below, and ``conf/clip/<name>.yaml``.
+schema), its global-threshold reading and its export snippet. Adding a method: a module here (every
+module of this package is imported, so defining the subclass registers it), the method's name in
+``ClipMethod``, and ``conf/clip/<name>.yaml``.
 """
+
+import importlib
+import pkgutil
 
 from clipsweep.clipping.agc import AGC
 from clipsweep.clipping.base import ClipMethod, Clipper, ClipStats, clip_schema, clipper_class, make_clipper
@@ -18,6 +22,9 @@ from clipsweep.clipping.norm import NormClip
 from clipsweep.clipping.percentile import PercentileClip
 from clipsweep.clipping.value import ValueClip
 from clipsweep.clipping.zclip import ZClip
+
+for _module in pkgutil.iter_modules(__path__):  # a new method's module registers itself on import
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "AGC",
