@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -27,7 +28,8 @@ import time
 from pathlib import Path
 
 RAY = str(Path(sys.executable).with_name("ray"))
-ENV = {**os.environ, "RAY_AUTH_MODE": "token"}  # `ray start` turns token authentication on
+# The cluster runs with token authentication and a token of its own (nothing read from ~/.ray).
+ENV = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 def _sweep(cwd: Path, n_trials: int, steps: int, name: str, launcher: list[str]) -> float:

@@ -94,8 +94,12 @@ def _join_ray(init: Mapping[str, Any]) -> None:
     try:
         ray.init(**init)
     except Exception as err:
-        if "InvalidAuthToken" in _causes(err):
-            allowed = "a cluster whose token this machine has: RAY_AUTH_MODE=token, the token in ~/.ray/auth_token"
+        causes = _causes(err)
+        if "InvalidAuthToken" in causes or "authentication token" in causes.lower():
+            allowed = (
+                "a cluster whose token this machine has: RAY_AUTH_MODE=token and the cluster's token "
+                "(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+            )
         else:
             allowed = f"a Ray cluster this machine can join ({_reason(err)})"
         raise ConfigError("hydra.launcher.ray.init.address", init.get("address"), allowed) from None

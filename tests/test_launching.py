@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -44,8 +45,10 @@ def test_job_locations_pin_absolute_stores_and_leave_passwords_to_the_environmen
     assert secret["hydra.job.env_set.CLIPSWEEP_TRACKING_URI"] == "http://mlflow:5000"
 
 
-# Ray's token authentication, which `ray start` turns on: the driver has to ask for it too.
-RAY_AUTH = {"RAY_AUTH_MODE": "token"}
+# The cluster runs with Ray's token authentication and a token of its own, given to it and to the
+# drivers through the environment: nothing comes from the machine's ~/.ray (a fresh machine has no
+# token there, and `ray start` then starts without authentication).
+RAY_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 
 def _clean_environment() -> dict[str, str]:
@@ -180,7 +183,9 @@ def test_ray_worker_killed_mid_trial_fails_its_trial_closes_its_run_and_retries_
         "hydra.sweeper.study_name=raykill", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
         "hydra/launcher=ray", f"+hydra.launcher.ray.init.address={address}", env=env,
     )  # fmt: skip
-    _wait_for_runs(sweep, "raykill", postgres_url, 1)
+    # Both jobs have started their run: the one killed below is then a started job whichever it is
+    # (a job killed before its run exists is one the engine could not run at all, failed at once).
+    _wait_for_runs(sweep, "raykill", postgres_url, 2)
     deadline = time.monotonic() + 60
     while not _ray_job_pids() and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -309,8 +314,8 @@ def test_submitit_sweep_terminated_cancels_its_jobs_and_closes_their_runs(tmp_pa
 def test_ray_cluster_with_token_auth_refuses_a_driver_without_the_token_mode_in_one_line(
     tmp_path: Path, ray_cluster: tuple[str, Path]
 ) -> None:
-    """`ray start` turns token authentication on; a driver that does not ask for it is refused by the
-    cluster. The sweep says what to set, exit 2, before any store is written."""
+    """A cluster started with token authentication refuses a driver that does not ask for it. The
+    sweep says what to set, exit 2, before any store is written."""
     address, _ = ray_cluster
     sweep = _sweep(tmp_path, "search=threshold", "hydra/launcher=ray", f"+hydra.launcher.ray.init.address={address}",
                    env={"RAY_AUTH_MODE": "disabled"})  # fmt: skip
@@ -318,3 +323,19 @@ def test_ray_cluster_with_token_auth_refuses_a_driver_without_the_token_mode_in_
     assert f"clipsweep: error: hydra.launcher.ray.init.address='{address}' is not allowed: " in output
     assert "RAY_AUTH_MODE=token" in output
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no study, no MLflow store, no sweep dir
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_ray_cluster_with_token_auth_refuses_a_driver_without_its_token_in_one_line(
+    tmp_path: Path, ray_cluster: tuple[str, Path]
+) -> None:
+    """Asking for token authentication without having the cluster's token (a fresh machine) is one line
+    naming where the token goes, exit 2, nothing written."""
+    address, _ = ray_cluster
+    sweep = _sweep(tmp_path, "search=threshold", "hydra/launcher=ray", f"+hydra.launcher.ray.init.address={address}",
+                   env={"RAY_AUTH_TOKEN": "0" * 64})  # fmt: skip
+    output = _finish(sweep, returncode=2)
+    assert f"clipsweep: error: hydra.launcher.ray.init.address='{address}' is not allowed: " in output
+    assert "RAY_AUTH_TOKEN" in output and "Traceback" not in output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
