@@ -12,11 +12,12 @@ parameters, so the rule works on that surface:
 2. **Anchor**: each good trial is scored by a kernel average (width ``bandwidth``, in the searched
    space normalised to [0, 1] per parameter, log parameters in log space) of its neighbours'
    quality, diverged trials counting as worst and pruned ones as worst with the weight of the
-   share of their steps they trained (a run pruned early says little). The anchor is the best-scored good
-   trial: one lucky trial in a bad neighbourhood loses to a good trial among good ones. While any
-   good trial clipped, trials that never clipped (in their steady state) neither anchor nor are
-   chosen: they trained as if unclipped, so their result says their seed did not blow up, not that
-   their threshold protects (on fresh seeds such a "flat never-clipping plateau" did 1.5x worse).
+   share of their steps they trained (a run pruned early says little). The anchor is the
+   best-scored good trial: one lucky trial in a bad neighbourhood loses to a good trial among good
+   ones. While any good trial clipped, trials that never clipped (in their steady state) neither
+   anchor nor are chosen: they trained as if unclipped, so their result says their seed did not
+   blow up, not that their threshold protects (on fresh seeds such a "flat never-clipping
+   plateau" did 1.5x worse).
 3. **The best trial, unless it was lucky**: when the best trial's own neighbourhood scores within
    ``tolerance`` of the anchor's, the best trial is the recommendation (the measured optimum,
    backed by its neighbours). Otherwise it was a lucky trial among worse neighbours, and the
