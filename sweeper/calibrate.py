@@ -36,9 +36,10 @@ from omegaconf import DictConfig, OmegaConf
 from clipsweep.errors import ConfigError
 from clipsweep.histogram import NormHistogram
 from clipsweep.names import ROLE_TAG
+from clipsweep.recording import RunResult
 from clipsweep.telemetry import Telemetry
 from clipsweep.tracker import Tracker
-from clipsweep.training import RunResult, Trainer, build, train
+from clipsweep.training import Trainer, build, train
 
 
 def _setting(default: Any, help: str) -> Any:

@@ -6,12 +6,16 @@ other processes (joblib, Ray, submitit) pickles it by this module's name.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 if TYPE_CHECKING:
-    from clipsweep.training import RunResult
+    from clipsweep.recording import RunResult
+    from clipsweep.study import TrialReporter
+    from clipsweep.tracker import Tracker
+    from clipsweep.training import Setup
 
 
 def _format_summary(result: RunResult) -> str:
@@ -47,47 +51,70 @@ def run_job(config: DictConfig) -> dict[str, Any]:
         return _run_job(config)
 
 
-def _run_job(config: DictConfig) -> dict[str, Any]:
+@dataclass
+class PreparedJob:
+    """A job built and validated, with its tracker and (inside a sweep) its trial's reporter: what
+    training needs, whoever trains it (this job alone, or a batch of jobs as one model)."""
+
+    config: DictConfig
+    setup: Setup
+    tracker: Tracker
+    reporter: TrialReporter | None
+
+    def train_arguments(self) -> dict[str, Any]:
+        """``training.train``'s keyword arguments past setup and tracker: the trial's reporting."""
+        if self.reporter is None:
+            return {}
+        return {
+            "on_eval": self.reporter.on_eval,
+            "tags": self.reporter.run_tags(),
+            "run_name": f"trial-{self.reporter.number}",
+            "on_start": self.reporter.record_run_id,
+        }
+
+
+def prepare_job(config: DictConfig) -> PreparedJob:
+    """Build (validating), open the tracker and find the trial; call where the job runs (inside
+    Hydra's ``run_job``: the job's ``env_set`` names its trial and stores)."""
     import os
 
     from hydra.core.hydra_config import HydraConfig
 
     from clipsweep.names import TRACKING_PIN_ENV
+    from clipsweep.study import TrialReporter
+    from clipsweep.tracking import make_tracker
+    from clipsweep.training import build
 
     pinned = os.environ.get(TRACKING_PIN_ENV)
     if pinned:  # the sweep's MLflow store, absolute: the same one whatever this job's directory
         config.tracking.uri = pinned
-
-    from clipsweep.study import TrialReporter
-    from clipsweep.tracker import masked
-    from clipsweep.tracking import make_tracker
-    from clipsweep.training import build, train
-
     setup = build(config)
     tracker = make_tracker(config.tracking.uri, config.tracking.experiment, config.tracking.enabled)
     sweeper_config = None
     if HydraConfig.initialized():
         sweeper_config = OmegaConf.to_container(HydraConfig.get().sweeper, resolve=True)
-    reporter = TrialReporter.from_environment(sweeper_config)
-    if reporter is None:
-        result = train(setup, tracker)
-    else:
-        result = train(
-            setup,
-            tracker,
-            on_eval=reporter.on_eval,
-            tags=reporter.run_tags(),
-            run_name=f"trial-{reporter.number}",
-            on_start=reporter.record_run_id,
-        )
+    return PreparedJob(config, setup, tracker, TrialReporter.from_environment(sweeper_config))
+
+
+def job_result(job: PreparedJob, result: RunResult) -> dict[str, Any]:
+    """Print the run's summary; the job's return value (see ``run_job``)."""
+    from clipsweep.tracker import masked
+
     print(_format_summary(result), flush=True)
-    if tracker.run_id is not None and reporter is None:
-        print(f"browse it: clipsweep ui --tracking-uri {config.tracking.uri}", flush=True)
+    if job.tracker.run_id is not None and job.reporter is None:
+        print(f"browse it: clipsweep ui --tracking-uri {job.config.tracking.uri}", flush=True)
     metrics = {**result.val, "train/loss": result.train_loss, **result.summary.metrics()}
     return {
         "status": result.status,
         "metrics": metrics,
-        "mlflow_run_id": tracker.run_id,
+        "mlflow_run_id": job.tracker.run_id,
         "norms": result.summary.segments.to_dict(),
-        "config": masked(OmegaConf.to_container(config, resolve=True, enum_to_str=True)),
+        "config": masked(OmegaConf.to_container(job.config, resolve=True, enum_to_str=True)),
     }
+
+
+def _run_job(config: DictConfig) -> dict[str, Any]:
+    from clipsweep.training import train
+
+    job = prepare_job(config)
+    return job_result(job, train(job.setup, job.tracker, **job.train_arguments()))

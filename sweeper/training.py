@@ -7,40 +7,27 @@ looks at the device only every ``tracking.log_every`` steps and at evaluations.
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from torch import Tensor, nn
 
 from clipsweep.clipping import Clipper, ClipStats, make_clipper
-from clipsweep.config import NonFinite
 from clipsweep.errors import ConfigError
 from clipsweep.instantiation import instantiate_node
 from clipsweep.interrupts import raise_if_requested
-from clipsweep.names import CLIP_METHOD_TAG, DEVICE_TAG, STATUS_TAG, STEPS_DONE_TAG
-from clipsweep.plots import norm_histogram_png
-from clipsweep.progress import RunProgress
+from clipsweep.recording import EvalCallback, RunRecorder, RunResult
 from clipsweep.tasks import Task, model_kwargs
 from clipsweep.tasks import metrics as task_metrics
-from clipsweep.telemetry import RunSummary, Telemetry, Window, steps_csv
-from clipsweep.tracker import Tracker, flatten, masked
+from clipsweep.telemetry import Telemetry
+from clipsweep.tracker import Tracker
 
 PRECISIONS: dict[str, torch.dtype | None] = {"32": None, "bf16": torch.bfloat16, "16": torch.float16}
-
-RUN_STATUS = {"finished": "FINISHED", "stopped": "KILLED", "diverged": "FAILED"}
-"""MLflow run status per outcome, so the UI tells them apart at a glance: a run the pruner stopped
-is KILLED, a diverged one FAILED (``clipsweep.status`` says which), a completed one FINISHED."""
-
-EvalCallback = Callable[[int, Mapping[str, float]], bool]
-"""Called after each evaluation with (step, metrics); returning True stops the run (pruning)."""
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -120,7 +107,8 @@ def build(config: DictConfig) -> Setup:
     return setup
 
 
-def _autocast(setup: Setup) -> Any:
+def autocast(setup: Setup) -> Any:
+    """The run's mixed-precision context (none at 32 bits)."""
     if setup.autocast_dtype is None:
         return nullcontext()
     return torch.autocast(setup.device.type, dtype=setup.autocast_dtype)
@@ -130,7 +118,7 @@ def _probe_precision(setup: Setup, precision: str) -> None:
     """One forward/backward on two examples, so an unsupported kernel fails now, not mid-sweep."""
     x, y = setup.task.sample(2, torch.Generator().manual_seed(0))
     try:
-        with _autocast(setup):
+        with autocast(setup):
             loss = setup.task.loss(setup.model(x.to(setup.device)), y.to(setup.device))
         loss.backward()
     except RuntimeError as err:
@@ -156,7 +144,7 @@ def reported_metrics(setup: Setup) -> set[str]:
     summary = Telemetry(list(setup.model.named_parameters()), 1, setup.device).summary.metrics()
     x, y = setup.task.validation()
     try:
-        with torch.no_grad(), _autocast(setup):
+        with torch.no_grad(), autocast(setup):
             out = setup.model(x[:2].to(setup.device))
         names = {f"val/{name}" for name in {"loss", *task_metrics(setup.task, out, y[:2].to(setup.device))}}
     except Exception:
@@ -170,22 +158,6 @@ def require_reported(key: str, metric: str, setup: Setup, prefix: str = "") -> N
     reported = {name for name in reported_metrics(setup) if name.startswith(prefix)}
     if metric not in reported and not (metric.startswith("val/") and ANY_VAL in reported):
         raise ConfigError(key, metric, f"a metric the job reports: one of {sorted(reported)}")
-
-
-@dataclass
-class RunResult:
-    """What a run produced; ``status`` is finished, diverged or stopped (by the eval callback)."""
-
-    status: str
-    steps: int
-    train_loss: float
-    val: dict[str, float]
-    summary: RunSummary
-    tracking: str
-
-    @property
-    def diverged(self) -> bool:
-        return self.status == "diverged"
 
 
 class Trainer:
@@ -209,7 +181,7 @@ class Trainer:
         for _ in range(self.accumulate):
             x, y = s.task.sample(self.batch_size, self.generator)
             x, y = x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
-            with _autocast(s):
+            with autocast(s):
                 loss = s.task.loss(s.model(x), y)
             if self.accumulate > 1:
                 loss = loss / self.accumulate
@@ -237,36 +209,16 @@ class Trainer:
         for start in range(0, len(y_all), chunk):
             x = x_all[start : start + chunk].to(s.device)
             y = y_all[start : start + chunk].to(s.device)
-            with _autocast(s):
+            with autocast(s):
                 out = s.model(x)
-            weight = len(y) / len(y_all)
-            values = {"loss": s.task.loss(out, y), **task_metrics(s.task, out, y)}
-            for name, value in values.items():
-                totals[name] = totals.get(name, 0.0) + value.float() * weight
+            add_validation_chunk(totals, s.task, out, y, len(y) / len(y_all))
         return {f"val/{name}": float(value) for name, value in totals.items()}
 
 
-def _mean_finite(values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    return float(finite.mean()) if finite.size else math.nan
-
-
-def _record_outcome(
-    tracker: Tracker, telemetry: Telemetry, windows: list[Window], status: str, done: int, last_threshold: float
-) -> None:
-    """The run's tail: the last window, steps.csv, the norm summary and histogram, the status tags."""
-    window = telemetry.drain()  # rows recorded before an early break
-    if window is not None:
-        windows.append(window)
-        tracker.log_metrics(window.metrics())
-    tracker.log_text(steps_csv(windows), "telemetry/steps.csv")
-    summary_metrics = telemetry.summary.metrics()
-    tracker.log_metrics((k, v, done) for k, v in summary_metrics.items() if math.isfinite(v))
-    histogram = telemetry.summary.histogram
-    tracker.log_text(json.dumps(histogram.to_dict(), indent=1), "telemetry/grad_norm_histogram.json")
-    marks = {"threshold": last_threshold}
-    tracker.log_figure(lambda: norm_histogram_png(histogram, marks), "telemetry/grad_norm_histogram.png")
-    tracker.set_tags({STATUS_TAG: status, STEPS_DONE_TAG: str(done)})
+def add_validation_chunk(totals: dict[str, Tensor], task: Task, out: Tensor, y: Tensor, weight: float) -> None:
+    """Add one validation chunk's loss and metrics, weighted by its share of the set, to ``totals``."""
+    for name, value in {"loss": task.loss(out, y), **task_metrics(task, out, y)}.items():
+        totals[name] = totals.get(name, 0.0) + value.float() * weight
 
 
 def train(
@@ -277,75 +229,19 @@ def train(
     run_name: str | None = None,
     on_start: Callable[[str | None], None] | None = None,
 ) -> RunResult:
-    """Train ``setup`` to ``train.steps`` (or divergence, or until ``on_eval`` says stop).
-
-    ``tags`` and ``run_name`` add to the tracking run (a sweep names its trials' runs and nests
-    them under its parent run); ``run_name`` falls back to ``tracking.run_name``. ``on_start``
-    receives the tracking run id as soon as the run exists, so a crash later can still be traced.
-
-    One long function on purpose: the loop's order (step, drain telemetry, evaluate, stop) and the run's
-    lifecycle (started once, ended on every exit, KILLED on an interrupt) are checked most easily
-    when they read top to bottom together.
-    """
-    config = setup.config
-    steps, eval_every = int(config.train.steps), int(config.train.eval_every)
-    fail_on_nonfinite = NonFinite(config.train.nonfinite) is NonFinite.fail
-    telemetry = Telemetry(
-        list(setup.model.named_parameters()), int(config.tracking.log_every), setup.device, total_steps=steps
-    )
-    trainer = Trainer(setup, telemetry)
-    progress = RunProgress(steps, run_name or str(config.tracking.run_name or "run"))
-    norm = math.nan
-    resolved = OmegaConf.to_container(config, resolve=True, enum_to_str=True)
-    tracker.start_run(
-        run_name or config.tracking.run_name,
-        params=flatten(masked(resolved)),
-        tags={
-            CLIP_METHOD_TAG: str(resolved["clip"]["method"]),
-            DEVICE_TAG: str(setup.device),
-            **(tags or {}),
-        },
-    )
-    if on_start is not None:
-        on_start(tracker.run_id)
-    tracker.log_text(OmegaConf.to_yaml(config), "config.yaml")
-    status, done, train_loss, val = "finished", 0, math.nan, {}
-    last_threshold = math.nan
-    windows: list[Window] = []
+    """Train ``setup`` to ``train.steps`` (or divergence, or until ``on_eval`` says stop); the
+    tracking run and its arguments are ``RunRecorder``'s."""
+    named = list(setup.model.named_parameters())
+    recorder = RunRecorder(setup.config, named, setup.device, tracker, on_eval, tags, run_name, on_start)
+    trainer = Trainer(setup, recorder.telemetry)
+    recorder.start()
     try:
-        for step in range(steps):
+        for step in range(recorder.steps):
             raise_if_requested()  # a SIGINT/SIGTERM recorded by the sweep's handler stops here, between writes
             trainer.step(step)
-            done = step + 1
-            last = done == steps
-            if telemetry.full or last:
-                window = telemetry.drain()
-                windows.append(window)
-                tracker.log_metrics(window.metrics())
-                train_loss = _mean_finite(window.values["train/loss"])
-                norms = window.values["grad/norm"][window.finite]
-                norm = float(np.median(norms)) if norms.size else norm
-                progress.window(done, train_loss, norm)
-                thresholds = window.values["grad/threshold"][window.finite]
-                last_threshold = float(thresholds[-1]) if thresholds.size else last_threshold
-                if not window.finite.any() or (fail_on_nonfinite and not window.finite.all()):
-                    status = "diverged"
-                    break
-            if done % eval_every == 0 or last:
-                val = trainer.evaluate()
-                progress.evaluated(done, train_loss, norm, val)
-                tracker.log_metrics((k, v, done) for k, v in val.items())
-                if not math.isfinite(val["val/loss"]):
-                    status = "diverged"
-                    break
-                if on_eval is not None and on_eval(done, val):
-                    status = "stopped"
-                    break
-        _record_outcome(tracker, telemetry, windows, status, done, last_threshold)
+            if recorder.after_step(step, trainer.evaluate):
+                break
     except BaseException as err:
-        tracker.end_run("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        recorder.abort(err)
         raise
-    finally:
-        progress.close()
-    tracker.end_run(RUN_STATUS[status])
-    return RunResult(status, done, train_loss, val, telemetry.summary, tracker.describe())
+    return recorder.finish()

@@ -18,8 +18,9 @@ from omegaconf import OmegaConf
 
 from clipsweep.names import ROLE_TAG, STUDY_TAG
 from clipsweep.recommendation import Recommendation
+from clipsweep.recording import RunResult
 from clipsweep.tracking import make_tracker
-from clipsweep.training import RunResult, build, train
+from clipsweep.training import build, train
 
 
 @dataclass

@@ -1,0 +1,222 @@
+"""K runs of one model shape trained as one batched model on one device, each run exactly itself.
+
+On a GPU one small RNN per process is launch-bound: the card idles between tiny kernels. Trials of
+a sweep that share the model's shape and the task's data (they differ in threshold, learning rate,
+clip method and its knobs, optimizer, seed, steps) can share every kernel instead: their weights
+gain a leading member axis (``models.batched.BatchedRNN``) and one forward/backward serves all.
+
+What stays per run is everything that makes a trial a trial: its data stream (its own seeded
+generator), its gradients (the summed losses separate exactly: members share no weight), its
+clipper and telemetry, its optimizer and state (a torch optimizer over leaf views of its slices),
+its evaluations, its pruning decision and its tracking run (``recording.RunRecorder``, as a lone
+run's). A run that stops (pruned, diverged, done, failed) stops recording and stepping; its slice
+still rides along in the batch, untouched, until the longest run ends.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from clipsweep.instantiation import instantiate_node
+from clipsweep.interrupts import raise_if_requested
+from clipsweep.models.batched import BatchedRNN, batching_obstacle
+from clipsweep.recording import RunRecorder, RunResult
+from clipsweep.telemetry import Telemetry
+from clipsweep.tracker import Tracker
+from clipsweep.training import Setup, add_validation_chunk, autocast
+
+_SHARED_TRAIN = ("batch_size", "accumulate", "precision", "device")
+"""``train`` keys every member of a batch shares (one forward per micro-batch, one device, one
+autocast); the others (seed, steps, eval_every, nonfinite, threads) stay per run."""
+
+
+def batch_key(config: DictConfig) -> str:
+    """Runs with equal keys can be one batch: the same model, the same task (hence data shapes and
+    validation set) and the same ``_SHARED_TRAIN`` settings."""
+    shared = {
+        "model": OmegaConf.to_container(config.model, resolve=True, enum_to_str=True),
+        "task": OmegaConf.to_container(config.task, resolve=True, enum_to_str=True),
+        "train": {key: str(config.train[key]) for key in _SHARED_TRAIN},
+    }
+    return json.dumps(shared, sort_keys=True, default=str)
+
+
+def obstacle(setup: Setup) -> str | None:
+    """Why this built run cannot join a batch (None: it can)."""
+    if setup.scaler is not None:
+        return "train.precision=16 scales each run's loss by its own GradScaler"
+    return batching_obstacle(setup.model)
+
+
+class BatchedTrainer:
+    """The batch's optimizer steps and evaluations; ``Trainer``'s step order, per member.
+
+    Built from the members' ``Setup``s (each built by ``training.build`` as a lone run would be, so
+    every member starts from the weights its seed gives); the members' own models and optimizers
+    are replaced by their slices of the batch and optimizers over those slices.
+    """
+
+    def __init__(self, setups: Sequence[Setup]) -> None:
+        for setup in setups:
+            reason = obstacle(setup)
+            if reason is not None:
+                raise ValueError(f"cannot batch this run: {reason}")
+        if len({batch_key(s.config) for s in setups}) != 1:
+            raise ValueError(f"runs of one batch must share model, task and train.{{{', '.join(_SHARED_TRAIN)}}}")
+        self.setups = list(setups)
+        first = setups[0]
+        self.device = first.device
+        self.model = BatchedRNN([s.model for s in setups]).to(self.device)
+        self.named = [self.model.member_parameters(k) for k in range(len(setups))]
+        self.views = [[view for _, view in named] for named in self.named]
+        self.optimizers = [
+            instantiate_node("optim", s.config.optim, params=views) for s, views in zip(setups, self.views)
+        ]
+        self.generators = [torch.Generator().manual_seed(int(s.config.train.seed)) for s in setups]
+        self.batch_size = int(first.config.train.batch_size)
+        self.accumulate = int(first.config.train.accumulate)
+
+    def _micro_batch(self, active: Sequence[int]) -> tuple[Tensor, list[Tensor]]:
+        """Each active member's next batch from its own generator, stacked on the member axis; a
+        stopped member gets zeros (its slice computes, nothing reads it) and draws nothing."""
+        drawn = {k: self.setups[k].task.sample(self.batch_size, self.generators[k]) for k in active}
+        filler = torch.zeros_like(drawn[active[0]][0])
+        x = torch.stack([drawn[k][0] if k in drawn else filler for k in range(len(self.setups))])
+        return x.to(self.device, non_blocking=True), [drawn[k][1].to(self.device, non_blocking=True) for k in active]
+
+    def step(self, step: int, active: Sequence[int], telemetries: Sequence[Telemetry]) -> None:
+        """One optimizer step for every active member: backward over all micro-batches, then per
+        member measure and clip once, record, step its optimizer."""
+        for k in active:
+            self.optimizers[k].zero_grad(set_to_none=True)
+        self.model.zero_grad(set_to_none=True)
+        self.model.train()
+        loss_sums: dict[int, Tensor] = {}
+        for _ in range(self.accumulate):
+            x, targets = self._micro_batch(active)
+            with autocast(self.setups[0]):
+                out = self.model(x)
+            losses = [self.setups[k].task.loss(out[k], y) for k, y in zip(active, targets)]
+            if self.accumulate > 1:
+                losses = [loss / self.accumulate for loss in losses]
+            torch.stack(losses).sum().backward()  # members share no weight: each slice gets its own gradient
+            for k, loss in zip(active, losses):
+                value = loss.detach().float()
+                loss_sums[k] = loss_sums[k] + value if k in loss_sums else value
+        for k in active:
+            views, telemetry = self.views[k], telemetries[k]
+            self.model.attach_grads(k, views)
+            if telemetry.wants_layers(step):
+                telemetry.measure_layers(step, views)
+            telemetry.record(step, loss_sums[k], self.setups[k].clipper(views))
+            self.optimizers[k].step()
+
+    @torch.no_grad()
+    def evaluate(self, chunk: int = 512) -> list[dict[str, float]]:
+        """Every member's validation metrics, in ``Trainer.evaluate``'s chunks and weights."""
+        self.model.eval()
+        x_all, y_all = self.setups[0].task.validation()
+        totals: list[dict[str, Tensor]] = [{} for _ in self.setups]
+        members = len(self.setups)
+        for start in range(0, len(y_all), chunk):
+            x = x_all[start : start + chunk].to(self.device)
+            y = y_all[start : start + chunk].to(self.device)
+            with autocast(self.setups[0]):
+                out = self.model(x.unsqueeze(0).expand(members, *x.shape))
+            for k, setup in enumerate(self.setups):
+                add_validation_chunk(totals[k], setup.task, out[k], y, len(y) / len(y_all))
+        return [{f"val/{name}": float(value) for name, value in member.items()} for member in totals]
+
+
+def train_batch(
+    setups: Sequence[Setup], trackers: Sequence[Tracker], arguments: Sequence[Mapping[str, Any]]
+) -> list[RunResult | Exception]:
+    """Train the runs of ``setups`` as one batch; per run, what ``training.train(setup, tracker,
+    **arguments)`` would return, or the exception that ended that run (its tracking run FAILED).
+
+    A run whose recording fails (its store, its pruner's storage) fails alone; a failure of the
+    batched step itself fails every run still training. An interrupt ends every open run KILLED and
+    propagates.
+    """
+    trainer = BatchedTrainer(setups)
+    recorders = [
+        RunRecorder(s.config, named, s.device, tracker, **dict(args))
+        for s, named, tracker, args in zip(setups, trainer.named, trackers, arguments)
+    ]
+    results: list[RunResult | Exception | None] = [None] * len(setups)
+    active: list[int] = []
+    for k, recorder in enumerate(recorders):
+        _settle(recorder, k, active, results, recorder.start, started=True)
+    evaluations = _Evaluations(trainer)
+    step = 0
+    try:
+        while active:
+            raise_if_requested()  # a SIGINT/SIGTERM recorded by the sweep's handler stops here
+            trainer.step(step, active, [r.telemetry for r in recorders])
+            evaluations.clear()
+            for k in list(active):
+                _settle(
+                    recorders[k], k, active, results, partial(recorders[k].after_step, step, partial(evaluations, k))
+                )
+            step += 1
+    except Exception as err:  # the batched step: every run still training shares its failure
+        for k in active:
+            recorders[k].abort(err)
+            results[k] = err
+    except BaseException as err:
+        for k in active:
+            recorders[k].abort(err)
+        raise
+    return results  # type: ignore[return-value]
+
+
+class _Evaluations:
+    """The batch's evaluation at the current step: computed once for every member, and only when a
+    member's schedule asks for it."""
+
+    def __init__(self, trainer: BatchedTrainer) -> None:
+        self.trainer = trainer
+        self.values: list[dict[str, float]] | None = None
+
+    def clear(self) -> None:
+        self.values = None
+
+    def __call__(self, k: int) -> dict[str, float]:
+        if self.values is None:
+            self.values = self.trainer.evaluate()
+        return self.values[k]
+
+
+def _settle(
+    recorder: RunRecorder,
+    k: int,
+    active: list[int],
+    results: list[RunResult | Exception | None],
+    call: Callable[[], object],
+    started: bool = False,
+) -> None:
+    """Run one member's recording ``call``: after ``start`` the member is active; a True from
+    ``after_step`` finishes it; an exception fails that member only."""
+    try:
+        outcome = call()
+    except Exception as err:
+        recorder.abort(err)
+        results[k] = err
+        if k in active:
+            active.remove(k)
+        return
+    if started:
+        active.append(k)
+    elif outcome:
+        active.remove(k)
+        try:
+            results[k] = recorder.finish()
+        except Exception as err:  # finish ended the run FAILED itself
+            results[k] = err

@@ -1,0 +1,106 @@
+"""``sweeper/batching.py``: a member of a batch trains exactly as the same run alone, step by step
+(losses, pre- and post-clip norms, thresholds, weights, evaluations), and what ends one member
+(pruning, its own failure, its shorter schedule) leaves the others untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clipsweep.batching import BatchedTrainer, batch_key, obstacle, train_batch
+from clipsweep.telemetry import Telemetry
+from clipsweep.tracker import NullTracker
+from clipsweep.training import Trainer, build, train
+
+SHAPE = ("model.hidden_size=8", "task.seq_len=10", "task.val_size=40", "train.batch_size=8", "train.accumulate=2")
+MEMBERS = [  # what a sweep varies: clip method and knobs, threshold, optimizer, learning rate, seed
+    ("clip=norm", "clip.threshold=0.05", "optim=adam", "optim.lr=0.01", "train.seed=0"),
+    ("clip=zclip", "optim=sgd", "optim.lr=0.3", "train.seed=1"),
+    ("clip=percentile", "clip.percentile=50", "optim=sgd", "optim.lr=0.05", "train.seed=2"),
+    ("clip=agc", "optim=adam", "optim.lr=0.003", "train.seed=3"),
+]
+
+
+def _configs(config, *extra: str) -> list:
+    return [config(*SHAPE, *member, *extra) for member in MEMBERS]
+
+
+@pytest.mark.parametrize("model", ["lstm", "gru", "rnn"])
+def test_batched_trainer_member_matches_a_lone_trainer_step_by_step(config, model: str) -> None:
+    configs = _configs(config, f"model={model}", "tracking.log_every=12")
+    lone = [build(c) for c in configs]
+    batch = BatchedTrainer([build(c) for c in configs])
+    telemetries = [Telemetry(named, 12, torch.device("cpu")) for named in batch.named]
+    lone_telemetries = [Telemetry(list(s.model.named_parameters()), 12, torch.device("cpu")) for s in lone]
+    trainers = [Trainer(s, t) for s, t in zip(lone, lone_telemetries)]
+    for step in range(12):
+        batch.step(step, range(len(configs)), telemetries)
+        for trainer in trainers:
+            trainer.step(step)
+    evaluations = batch.evaluate(chunk=16)
+    for k, (setup, trainer) in enumerate(zip(lone, trainers)):
+        ours, theirs = telemetries[k].drain(), lone_telemetries[k].drain()
+        for name, column in theirs.values.items():
+            torch.testing.assert_close(ours.values[name], column, rtol=2e-4, atol=1e-7, msg=f"member {k}: {name}")
+        if k in (0, 3):  # norm at 0.05 and AGC: the clip acts on the compared steps
+            assert ours.values["grad/clipped"].sum() > 0
+        assert ours.layer_norms.keys() == theirs.layer_norms.keys()
+        for (name, param), view in zip(setup.model.named_parameters(), batch.views[k]):
+            torch.testing.assert_close(view, param.detach(), rtol=2e-4, atol=1e-6, msg=f"member {k}: {name}")
+        expected = trainer.evaluate(chunk=16)
+        assert evaluations[k].keys() == expected.keys()
+        for name, value in expected.items():
+            assert evaluations[k][name] == pytest.approx(value, rel=1e-4), (k, name)
+
+
+class _PruneAt:
+    """An eval callback that stops its run at ``step`` (what Optuna's pruner answers)."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.calls = step, []
+
+    def __call__(self, step: int, metrics) -> bool:
+        self.calls.append(step)
+        return step >= self.step
+
+
+def test_train_batch_runs_end_as_lone_runs_end_and_a_pruned_member_leaves_the_others_alone(config) -> None:
+    configs = _configs(config, "train.steps=20", "train.eval_every=5", "tracking.log_every=5")
+    configs[3].train.steps = 10  # a shorter schedule ends that member early
+    arguments = [{}, {"on_eval": _PruneAt(5)}, {}, {}]
+    ours = train_batch([build(c) for c in configs], [NullTracker() for _ in configs], arguments)
+    lone_arguments = [{}, {"on_eval": _PruneAt(5)}, {}, {}]
+    for k, (c, args) in enumerate(zip(configs, lone_arguments)):
+        theirs = train(build(c), NullTracker(), **args)
+        assert (ours[k].status, ours[k].steps) == (theirs.status, theirs.steps), k
+        assert ours[k].val == pytest.approx(theirs.val, rel=2e-4), k
+        assert ours[k].train_loss == pytest.approx(theirs.train_loss, rel=2e-4), k
+        assert ours[k].summary.steps == theirs.summary.steps
+    assert [r.status for r in ours] == ["finished", "stopped", "finished", "finished"]
+    assert [r.steps for r in ours] == [20, 5, 20, 10]
+    assert arguments[1]["on_eval"].calls == [5]  # asked once, then never again
+
+
+def test_train_batch_a_member_whose_recording_fails_fails_alone(config) -> None:
+    configs = _configs(config, "train.steps=10", "train.eval_every=5")[:3]
+
+    def broken(step: int, metrics) -> bool:
+        raise RuntimeError("the trial's storage went away")
+
+    results = train_batch([build(c) for c in configs], [NullTracker() for _ in configs], [{}, {"on_eval": broken}, {}])
+    assert isinstance(results[1], RuntimeError)
+    for k in (0, 2):
+        assert results[k].status == "finished" and results[k].steps == 10
+        assert results[k].val == pytest.approx(train(build(configs[k]), NullTracker()).val, rel=2e-4)
+
+
+def test_batch_key_and_obstacle_say_which_runs_can_share_a_batch(config) -> None:
+    a, b = config(*SHAPE, "clip.threshold=0.1", "optim.lr=0.3", "train.seed=4"), config(*SHAPE, "train.steps=7")
+    assert batch_key(a) == batch_key(b)  # threshold, learning rate, seed and steps stay per run
+    assert batch_key(a) != batch_key(config(*SHAPE, "model.hidden_size=9"))
+    assert batch_key(a) != batch_key(config(*SHAPE, "train.batch_size=9"))
+    assert obstacle(build(a)) is None
+    assert "GradScaler" in str(obstacle(build(config(*SHAPE, "model=rnn", "train.precision=16"))))
+    assert "dropout" in str(obstacle(build(config(*SHAPE, "model.num_layers=2", "model.dropout=0.2"))))
+    with pytest.raises(ValueError, match="must share model, task"):
+        BatchedTrainer([build(a), build(config(*SHAPE, "model.hidden_size=9"))])
