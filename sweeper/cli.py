@@ -52,9 +52,11 @@ def _register_sweeper() -> None:
     """Hydra finds plugins by walking ``hydra_plugins``, which an editable install hides from it."""
     from hydra.core.plugins import Plugins
 
+    from hydra_plugins.clipsweep_sweeper.clipsweep_batched_launcher import BatchedLauncher
     from hydra_plugins.clipsweep_sweeper.clipsweep_sweeper import ClipsweepSweeper
 
     Plugins.instance().register(ClipsweepSweeper)
+    Plugins.instance().register(BatchedLauncher)
 
 
 BASIC_SWEEPER = "hydra/sweeper=basic"

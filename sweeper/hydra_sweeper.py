@@ -256,7 +256,8 @@ class OptunaSweeper(Sweeper):
     def _thread_overrides(self, plan: SweepPlan) -> list[str]:
         """Parallel local jobs share the cores: each gets cores / n_jobs torch threads unless set."""
         launcher = str(self.config.hydra.launcher.get("_target_", ""))
-        if plan.n_jobs < 2 or launcher.endswith("BasicLauncher") or self.config.train.get("threads") is not None:
+        one_process = launcher.endswith(("BasicLauncher", "BatchedLauncher"))  # its jobs run one after another
+        if plan.n_jobs < 2 or one_process or self.config.train.get("threads") is not None:
             return []
         return [f"train.threads={max(1, (os.cpu_count() or 1) // plan.n_jobs)}"]
 

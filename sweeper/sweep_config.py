@@ -181,8 +181,17 @@ class SweeperConf:
     """How the sweep's end derives, validates and exports the recommendation (keys below)."""
 
 
+@dataclass
+class BatchedLauncherConf:
+    """``hydra/launcher: batched``: the sweep's batch of ``n_jobs`` trials trained as one model on one
+    device (``clipsweep.batched_launcher``); it has no keys of its own: ``n_jobs`` is the batch."""
+
+    _target_: str = "hydra_plugins.clipsweep_sweeper.clipsweep_batched_launcher.BatchedLauncher"
+
+
 SWEEPER_SCHEMAS: dict[str, dict[str, type]] = {
     "hydra/sweeper": {"clipsweep": SweeperConf},
+    "hydra/launcher": {"batched": BatchedLauncherConf},
     "hydra/sweeper/sampler": {
         "tpe": TPESamplerConf,
         "random": RandomSamplerConf,

@@ -303,7 +303,8 @@ def test_sweep_killed_mid_trial_is_failed_by_heartbeat_and_retried(
 def test_hydra_plugin_module_imports_no_heavy_package() -> None:
     # Hydra imports every hydra_plugins module at the start of any Hydra app installed beside clipsweep.
     code = (
-        "import sys, hydra_plugins.clipsweep_sweeper.clipsweep_sweeper as m; "
+        "import sys, hydra_plugins.clipsweep_sweeper.clipsweep_sweeper, "
+        "hydra_plugins.clipsweep_sweeper.clipsweep_batched_launcher; "
         "print(sorted({'torch', 'optuna', 'mlflow'} & set(sys.modules)))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -1,0 +1,125 @@
+"""``hydra/launcher=batched``: a sweep's batch of ``n_jobs`` trials trained as one model on one device.
+
+Hydra's launchers run one job per process or per call; this one takes the sweeper's whole batch,
+composes each job as Hydra would (its output directory, ``.hydra`` files, ``env_set``: Hydra's own
+``run_job``), builds each run inside it exactly as a lone job builds (``job.prepare_job``: the run's
+weights, its trial, its tracker), and then trains the jobs that can share a model together
+(``batching.train_batch``). Every job still returns its own ``JobReturn``: the sweeper tells each
+trial, and each trial has its own MLflow run, as with any other launcher.
+
+Jobs that cannot share (another model shape or task, a user model without a batched form, fp16,
+dropout between layers) run one by one, each with a one-line note saying why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+_log = logging.getLogger("hydra")
+
+
+class BatchedLauncher(Launcher):
+    """Trains a sweep's batch as one batched model (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+        self.config: DictConfig | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from clipsweep.batching import batch_key
+        from clipsweep.job import run_job as clipsweep_job
+
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        _log.info(f"Launching {len(job_overrides)} jobs as batches on one device")
+        configs = []
+        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+            _log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(config):
+                config.hydra.job.id = idx
+                config.hydra.job.num = idx
+            configs.append(config)
+        groups: dict[str, list[int]] = {}
+        for i, config in enumerate(configs):
+            # Another task function (not clipsweep's job) is opaque: each of its jobs runs alone.
+            key = batch_key(config) if self.task_function is clipsweep_job else f"alone-{i}"
+            groups.setdefault(key, []).append(i)
+        returns: list[JobReturn | None] = [None] * len(configs)
+        for members in groups.values():
+            if len(members) == 1:
+                returns[members[0]] = self._run(configs[members[0]], self.task_function)
+            else:
+                for i, job_return in zip(members, self._run_together([configs[i] for i in members])):
+                    returns[i] = job_return
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return returns  # type: ignore[return-value]
+
+    def _run(self, config: DictConfig, task_function: TaskFunction) -> JobReturn:
+        return run_job(
+            hydra_context=self.hydra_context,
+            task_function=task_function,
+            config=config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
+
+    def _run_together(self, configs: Sequence[DictConfig]) -> list[JobReturn]:
+        """Prepare every job inside Hydra's ``run_job`` (a job that fails to build fails there,
+        alone), then train the prepared ones: together where they can, one by one where not."""
+        from clipsweep.batching import obstacle, train_batch
+        from clipsweep.interrupts import deferred
+        from clipsweep.job import prepare_job
+        from clipsweep.training import train
+
+        returns = [self._run(config, prepare_job) for config in configs]
+        ready = [i for i, r in enumerate(returns) if r.status == JobStatus.COMPLETED]
+        jobs = {i: returns[i].return_value for i in ready}
+        alone = {i: obstacle(jobs[i].setup) for i in ready}
+        alone = {i: reason for i, reason in alone.items() if reason is not None}
+        together = [i for i in ready if i not in alone]
+        with deferred():  # a signal stops the batch at a step, never inside a store write
+            for i, reason in alone.items():
+                print(f"[clipsweep] job #{configs[i].hydra.job.num} runs alone: {reason}", flush=True)
+                _settle(returns[i], jobs[i], lambda job=jobs[i]: train(job.setup, job.tracker, **job.train_arguments()))
+            if together:
+                batch = [jobs[i] for i in together]
+                print(f"[clipsweep] training jobs {_numbers(configs, together)} as one batch", flush=True)
+                results = train_batch(
+                    [j.setup for j in batch], [j.tracker for j in batch], [j.train_arguments() for j in batch]
+                )
+                for i, result in zip(together, results):
+                    _settle(returns[i], jobs[i], lambda result=result: result)
+        return returns
+
+
+def _numbers(configs: Sequence[DictConfig], indices: Sequence[int]) -> str:
+    return ", ".join(f"#{configs[i].hydra.job.num}" for i in indices)
+
+
+def _settle(job_return: JobReturn, job: Any, outcome: Any) -> None:
+    """Turn a prepared job's ``JobReturn`` into its trained one: the run's result as the job's
+    return value, or the exception that ended it as a failed job (what ``run_job`` records)."""
+    from clipsweep.job import job_result
+
+    try:
+        result = outcome()
+        if isinstance(result, Exception):
+            raise result
+        job_return.return_value = job_result(job, result)
+    except Exception as err:
+        job_return.status = JobStatus.FAILED
+        job_return.return_value = err

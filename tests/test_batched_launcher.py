@@ -1,0 +1,63 @@
+"""``hydra/launcher=batched`` (``sweeper/batched_launcher.py``): a sweep whose batches train as one
+model gives every trial what the same trial gets alone: its value, its pruning, its MLflow run; jobs
+that cannot share a model run alone, saying why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import load_study, mlflow_runs, run_sweep
+from optuna.trial import TrialState
+
+SWEEP = ("hydra.sweeper.n_jobs=3", "hydra.sweeper.n_trials=3", "hydra.sweeper.seed=7", "train.steps=30")
+
+
+def test_batched_launcher_sweep_gives_each_trial_what_it_gets_alone(tmp_path: Path) -> None:
+    alone, batched = tmp_path / "alone", tmp_path / "batched"
+    alone.mkdir(), batched.mkdir()
+    run_sweep(alone, *SWEEP, "hydra.sweeper.study_name=s")
+    done = run_sweep(batched, *SWEEP, "hydra.sweeper.study_name=s", "hydra/launcher=batched")
+    assert "training jobs #0, #1, #2 as one batch" in done.stdout
+    expected, ours = load_study(alone, "s").get_trials(), load_study(batched, "s").get_trials()
+    assert [t.params for t in ours] == [t.params for t in expected]  # the same seed asks the same
+    assert [t.state for t in ours] == [TrialState.COMPLETE] * 3
+    for mine, theirs in zip(ours, expected):
+        assert mine.value == pytest.approx(theirs.value, rel=1e-4)
+        assert mine.intermediate_values == pytest.approx(theirs.intermediate_values, rel=1e-4)
+    client, runs = mlflow_runs(batched)
+    parent = next(r for r in runs if r.data.tags.get("clipsweep.role") == "sweep")
+    trial_runs = [client.get_run(t.user_attrs["mlflow_run_id"]) for t in ours]
+    for trial, run in zip(ours, trial_runs):
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["clipsweep.trial_state"] == "COMPLETE"
+        assert run.data.metrics["val/loss"] == pytest.approx(trial.value)
+        assert float(run.data.params["clip.threshold"]) == pytest.approx(trial.params["clip.threshold"])
+    assert len({r.info.run_id for r in trial_runs}) == 3
+
+
+def test_batched_launcher_prunes_members_from_their_own_reports(tmp_path: Path) -> None:
+    # ThresholdPruner(upper=0) prunes each trial at its first report: the batch keeps training the
+    # others' slices, and each pruned trial's run ends KILLED at that step.
+    run_sweep(
+        tmp_path, *SWEEP, "hydra.sweeper.study_name=p", "hydra/launcher=batched",
+        "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.upper=0.0",
+    )  # fmt: skip
+    trials = load_study(tmp_path, "p").get_trials()
+    assert [t.state for t in trials] == [TrialState.PRUNED] * 3
+    client, _ = mlflow_runs(tmp_path)
+    for trial in trials:
+        assert list(trial.intermediate_values) == [5]
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert (run.info.status, run.data.tags["clipsweep.steps_done"]) == ("KILLED", "5")
+
+
+def test_batched_launcher_runs_jobs_that_cannot_share_alone_and_says_why(tmp_path: Path) -> None:
+    done = run_sweep(
+        tmp_path, "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=d",
+        "hydra/launcher=batched", "model.num_layers=2", "model.dropout=0.2",
+    )  # fmt: skip
+    assert done.stdout.count("runs alone: dropout=0.2 between layers draws random masks per run") == 2
+    assert "as one batch" not in done.stdout
+    assert [t.state for t in load_study(tmp_path, "d").get_trials()] == [TrialState.COMPLETE] * 2
