@@ -106,28 +106,31 @@ class BatchedRNN(nn.Module):
         b_ih, b_hh = self._weight(f"rnn.bias_ih_l{layer}"), self._weight(f"rnn.bias_hh_l{layer}")
         members, batch, steps, features = x.shape
         hidden = w_hh.shape[-1]
-        # The input projection of every time step at once; only the recurrence is sequential.
-        projected = torch.baddbmm(b_ih.unsqueeze(1), x.reshape(members, batch * steps, features), w_ih.transpose(1, 2))
-        projected = projected.reshape(members, batch, steps, -1)
+        gru = self.cell is Cell.gru
+        # The input projection of every time step at once; only the recurrence is sequential. GRU
+        # keeps b_hh apart (its reset gate multiplies W_hn h + b_hn); the others add both biases here.
+        bias = b_ih if gru else b_ih + b_hh
+        projected = torch.baddbmm(bias.unsqueeze(1), x.reshape(members, batch * steps, features), w_ih.transpose(1, 2))
+        # unbind, not projected[:, :, t]: a slice's backward writes a zero tensor of the whole
+        # projection per time step (quadratic in T); unbind's backward stacks the steps once.
+        projected = projected.reshape(members, batch, steps, -1).unbind(dim=2)
         w_hh_t = w_hh.transpose(1, 2)
-        h = x.new_zeros(members, batch, hidden, dtype=projected.dtype)
+        h = x.new_zeros(members, batch, hidden, dtype=projected[0].dtype)
         c = h
         outputs = []
-        for t in range(steps):
-            recurrent = torch.baddbmm(b_hh.unsqueeze(1), h, w_hh_t)
-            gates_x = projected[:, :, t]
-            if self.cell is Cell.lstm:
-                i, f, g, o = (gates_x + recurrent).chunk(4, dim=-1)
-                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-                h = torch.sigmoid(o) * torch.tanh(c)
-            elif self.cell is Cell.gru:
+        for gates_x in projected:
+            if gru:
                 x_r, x_z, x_n = gates_x.chunk(3, dim=-1)
-                h_r, h_z, h_n = recurrent.chunk(3, dim=-1)
+                h_r, h_z, h_n = torch.baddbmm(b_hh.unsqueeze(1), h, w_hh_t).chunk(3, dim=-1)
                 r = torch.sigmoid(x_r + h_r)
                 z = torch.sigmoid(x_z + h_z)
                 n = torch.tanh(x_n + r * h_n)
                 h = (1 - z) * n + z * h
+            elif self.cell is Cell.lstm:
+                i, f, g, o = torch.baddbmm(gates_x, h, w_hh_t).chunk(4, dim=-1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
             else:
-                h = torch.tanh(gates_x + recurrent)
+                h = torch.tanh(torch.baddbmm(gates_x, h, w_hh_t))
             outputs.append(h)
         return torch.stack(outputs, dim=2)

@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from clipsweep.batched_updates import FusedUpdate
 from clipsweep.instantiation import instantiate_node
 from clipsweep.interrupts import raise_if_requested
 from clipsweep.models.batched import BatchedRNN, batching_obstacle
@@ -79,6 +80,9 @@ class BatchedTrainer:
         self.optimizers = [
             instantiate_node("optim", s.config.optim, params=views) for s, views in zip(setups, self.views)
         ]
+        # The common sweep (norm clipping, SGD or Adam, members differing in threshold and learning
+        # rate) updates all members in one pass over the member axis; other mixes member by member.
+        self.fused = FusedUpdate.for_members(list(self.model.weights), [s.clipper for s in setups], self.optimizers)
         self.generators = [torch.Generator().manual_seed(int(s.config.train.seed)) for s in setups]
         self.batch_size = int(first.config.train.batch_size)
         self.accumulate = int(first.config.train.accumulate)
@@ -94,8 +98,9 @@ class BatchedTrainer:
     def step(self, step: int, active: Sequence[int], telemetries: Sequence[Telemetry]) -> None:
         """One optimizer step for every active member: backward over all micro-batches, then per
         member measure and clip once, record, step its optimizer."""
-        for k in active:
-            self.optimizers[k].zero_grad(set_to_none=True)
+        if self.fused is None:
+            for k in active:
+                self.optimizers[k].zero_grad(set_to_none=True)
         self.model.zero_grad(set_to_none=True)
         self.model.train()
         loss_sums: dict[int, Tensor] = {}
@@ -111,11 +116,18 @@ class BatchedTrainer:
                 value = loss.detach().float()
                 loss_sums[k] = loss_sums[k] + value if k in loss_sums else value
         for k in active:
-            views, telemetry = self.views[k], telemetries[k]
-            self.model.attach_grads(k, views)
-            if telemetry.wants_layers(step):
-                telemetry.measure_layers(step, views)
-            telemetry.record(step, loss_sums[k], self.setups[k].clipper(views))
+            if telemetries[k].wants_layers(step):  # per-layer norms before clipping, as a lone run
+                self.model.attach_grads(k, self.views[k])
+                telemetries[k].measure_layers(step, self.views[k])
+        if self.fused is not None:
+            stats = self.fused.clip()
+            for k in active:
+                telemetries[k].record(step, loss_sums[k], stats[k])
+            self.fused.step(active)
+            return
+        for k in active:
+            self.model.attach_grads(k, self.views[k])
+            telemetries[k].record(step, loss_sums[k], self.setups[k].clipper(self.views[k]))
             self.optimizers[k].step()
 
     @torch.no_grad()
