@@ -93,10 +93,12 @@ def step_curve(members: list[int], steps: int, rounds: int, device_spec: str) ->
         telemetries = [Telemetry(named, 50, device) for named in batch.named]
         block = _Steps(partial(_batch_step, batch, list(range(k)), telemetries), telemetries, steps)
         seconds = _timed(block, device, rounds)
-        if device.type == "cuda":
+        if device.type == "cuda":  # steps only (a telemetry read is the one sync by design)
+            quiet = [Telemetry(named, steps + 1, device) for named in batch.named]
             torch.cuda.set_sync_debug_mode("error")
             try:
-                block()  # raises on any host synchronisation inside the steps
+                for step in range(steps):
+                    batch.step(block.done + step, list(range(k)), quiet)  # raises on any host sync
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         rate = k * steps / seconds

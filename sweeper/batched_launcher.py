@@ -24,6 +24,10 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
 _log = logging.getLogger("hydra")
+_CPU_NOTE = (
+    "on a CPU a batch trains about as fast as its runs one after another (the steps are compute-bound "
+    "there); the batched launcher pays off on a GPU"
+)
 
 
 class BatchedLauncher(Launcher):
@@ -33,6 +37,7 @@ class BatchedLauncher(Launcher):
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
         self.config: DictConfig | None = None
+        self._told_cpu = self._told_single = False
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
@@ -41,6 +46,9 @@ class BatchedLauncher(Launcher):
         from clipsweep.batching import batch_key
         from clipsweep.job import run_job as clipsweep_job
 
+        if int(self.config.hydra.sweeper.get("n_jobs") or 1) < 2 and not self._told_single:
+            self._told_single = True
+            print("[clipsweep] note: hydra.sweeper.n_jobs is the batch: with 1, trials train one at a time", flush=True)
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
@@ -80,30 +88,43 @@ class BatchedLauncher(Launcher):
     def _run_together(self, configs: Sequence[DictConfig]) -> list[JobReturn]:
         """Prepare every job inside Hydra's ``run_job`` (a job that fails to build fails there,
         alone), then train the prepared ones: together where they can, one by one where not."""
-        from clipsweep.batching import obstacle, train_batch
+        from clipsweep.batching import obstacle
         from clipsweep.interrupts import deferred
         from clipsweep.job import prepare_job
         from clipsweep.training import train
 
-        returns = [self._run(config, prepare_job) for config in configs]
-        ready = [i for i, r in enumerate(returns) if r.status == JobStatus.COMPLETED]
-        jobs = {i: returns[i].return_value for i in ready}
-        alone = {i: obstacle(jobs[i].setup) for i in ready}
-        alone = {i: reason for i, reason in alone.items() if reason is not None}
-        together = [i for i in ready if i not in alone]
         with deferred():  # a signal stops the batch at a step, never inside a store write
+            returns = [self._run(config, prepare_job) for config in configs]
+            ready = [i for i, r in enumerate(returns) if r.status == JobStatus.COMPLETED]
+            jobs = {i: returns[i].return_value for i in ready}
+            alone = {i: obstacle(jobs[i].setup) for i in ready}
+            alone = {i: reason for i, reason in alone.items() if reason is not None}
             for i, reason in alone.items():
                 print(f"[clipsweep] job #{configs[i].hydra.job.num} runs alone: {reason}", flush=True)
                 _settle(returns[i], jobs[i], lambda job=jobs[i]: train(job.setup, job.tracker, **job.train_arguments()))
+            together = [i for i in ready if i not in alone]
             if together:
-                batch = [jobs[i] for i in together]
-                print(f"[clipsweep] training jobs {_numbers(configs, together)} as one batch", flush=True)
-                results = train_batch(
-                    [j.setup for j in batch], [j.tracker for j in batch], [j.train_arguments() for j in batch]
-                )
-                for i, result in zip(together, results):
-                    _settle(returns[i], jobs[i], lambda result=result: result)
+                self._train_together(configs, together, [jobs[i] for i in together], returns)
         return returns
+
+    def _train_together(
+        self, configs: Sequence[DictConfig], together: list[int], batch: list[Any], returns: list[JobReturn]
+    ) -> None:
+        from clipsweep.batching import train_batch
+
+        device = batch[0].setup.device
+        print(f"[clipsweep] training jobs {_numbers(configs, together)} as one batch on {device}", flush=True)
+        if device.type == "cpu" and not self._told_cpu:
+            self._told_cpu = True
+            print(f"[clipsweep] note: {_CPU_NOTE}", flush=True)
+        try:
+            results = train_batch(
+                [j.setup for j in batch], [j.tracker for j in batch], [j.train_arguments() for j in batch]
+            )
+        except Exception as err:  # the batch could not be formed (before any run started): each trial fails
+            results = [err] * len(batch)
+        for i, job, result in zip(together, batch, results):
+            _settle(returns[i], job, lambda result=result: result)
 
 
 def _numbers(configs: Sequence[DictConfig], indices: Sequence[int]) -> str:

@@ -48,6 +48,11 @@ def sweeper_help() -> str:
     for group, names in groups.items():
         default = next(d[group] for d in SweeperConf().defaults if group in d)
         lines.append(f"  hydra/sweeper/{group}=NAME ({default!r}): one of {', '.join(names)}")
+    lines.append(
+        "  hydra/launcher=NAME ('basic'): basic (in this process, one trial after another), joblib (local "
+        "processes), batched (n_jobs trials as one model on one device: for GPUs), ray, submitit_local, "
+        "submitit_slurm (with the extras 'ray' / 'slurm')"
+    )
     lines += ["", "Config groups and training keys: clipsweep run --help (search presets: search=NAME)."]
     return "\n".join(lines)
 

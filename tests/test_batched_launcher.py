@@ -18,7 +18,7 @@ def test_batched_launcher_sweep_gives_each_trial_what_it_gets_alone(tmp_path: Pa
     alone.mkdir(), batched.mkdir()
     run_sweep(alone, *SWEEP, "hydra.sweeper.study_name=s")
     done = run_sweep(batched, *SWEEP, "hydra.sweeper.study_name=s", "hydra/launcher=batched")
-    assert "training jobs #0, #1, #2 as one batch" in done.stdout
+    assert "training jobs #0, #1, #2 as one batch on cpu" in done.stdout
     expected, ours = load_study(alone, "s").get_trials(), load_study(batched, "s").get_trials()
     assert [t.params for t in ours] == [t.params for t in expected]  # the same seed asks the same
     assert [t.state for t in ours] == [TrialState.COMPLETE] * 3

@@ -18,6 +18,7 @@ def test_usage_sweep_help_lists_every_sweeper_key_with_its_default(capsys: pytes
     for key, default in dataclasses_defaults(RecommendConf).items():
         assert f"hydra.sweeper.recommend.{key} ({default!r}): " in shown, key
     assert "hydra/sweeper/sampler=NAME ('tpe'): one of " in shown and "hydra/sweeper/pruner=NAME ('median')" in shown
+    assert "hydra/launcher=NAME ('basic'): " in shown and "batched (n_jobs trials as one model" in shown
 
 
 def test_usage_run_help_lists_user_groups_and_keys_not_internal_schemas(capsys: pytest.CaptureFixture[str]) -> None:
