@@ -25,8 +25,8 @@ from omegaconf import DictConfig, open_dict
 
 _log = logging.getLogger("hydra")
 _CPU_NOTE = (
-    "on a CPU a batch trains about as fast as its runs one after another (the steps are compute-bound "
-    "there); the batched launcher pays off on a GPU"
+    "on a CPU a batch trains slower than its runs one after another (compute-bound steps; README, "
+    "Benchmarks): the batched launcher pays off on a GPU"
 )
 
 
