@@ -43,6 +43,13 @@ class BatchedLauncher(Launcher):
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        composed = [self.hydra_context.config_loader.load_sweep_config(self.config, list(o)) for o in job_overrides]
+        return self.launch_composed(job_overrides, initial_job_idx, composed)
+
+    def launch_composed(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, composed: Sequence[DictConfig]
+    ) -> Sequence[JobReturn]:
+        """``launch`` with each job's config composed already (the sweep composes it to check it)."""
         from clipsweep.batching import batch_key
         from clipsweep.job import run_job as clipsweep_job
 
@@ -53,14 +60,12 @@ class BatchedLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         _log.info(f"Launching {len(job_overrides)} jobs as batches on one device")
-        configs = []
-        for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
+        configs = list(composed)
+        for idx, (overrides, config) in enumerate(zip(job_overrides, configs), start=initial_job_idx):
             _log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             with open_dict(config):
                 config.hydra.job.id = idx
                 config.hydra.job.num = idx
-            configs.append(config)
         groups: dict[str, list[int]] = {}
         for i, config in enumerate(configs):
             # Another task function (not clipsweep's job) is opaque: each of its jobs runs alone.

@@ -25,13 +25,14 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.plugins.launcher import Launcher
-from omegaconf import OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from clipsweep.errors import ConfigError
 from clipsweep.names import STORAGE_ENV, TRACKING_PIN_ENV
 from clipsweep.storage import absolute_url, mask_url
 
 _CONNECT_SECONDS = 5.0
+_BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher"  # Hydra's in-process launcher
 _log = logging.getLogger("hydra")  # the per-job line Hydra's launchers print
 
 
@@ -151,19 +152,57 @@ def job_locations(sweep_dir: str | Path, storage: str, tracking_uri: str, cwd: s
     return pinned
 
 
-def launch(launcher: Launcher, batch: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
+def launch(
+    launcher: Launcher,
+    batch: Sequence[Sequence[str]],
+    initial_job_idx: int,
+    composed: Sequence[DictConfig] | None = None,
+) -> list[JobReturn]:
     """Launch a batch; a job the engine loses comes back as a failed JobReturn holding a ``LostJob``.
 
-    Ray's tasks and submitit's jobs go through each plugin's own job function, are gathered one by
-    one and cancelled if the sweep stops waiting. Any other launcher (in-process, joblib) gets the
-    batch in one call, as Hydra gives it: it runs on this machine and returns a failing job as a
-    failed JobReturn itself.
+    ``composed``: each job's config as the sweep composed it already (checking that it composes);
+    launchers in this process reuse it instead of composing again. Ray's tasks and submitit's jobs
+    go through each plugin's own job function, are gathered one by one and cancelled if the sweep
+    stops waiting. Any other launcher (joblib, a plugin's own) gets the batch in one call, as Hydra
+    gives it: it runs on this machine and returns a failing job as a failed JobReturn itself.
     """
     if _is_ray(launcher):
         return _launch_on_ray(launcher, batch, initial_job_idx)
     if _is_submitit(launcher):
         return _launch_on_submitit(launcher, batch, initial_job_idx)
+    if composed is not None and type(launcher).__module__ == _BASIC_LAUNCHER:
+        return _launch_in_process(launcher, batch, initial_job_idx, composed)
+    if composed is not None and hasattr(launcher, "launch_composed"):  # hydra/launcher=batched
+        return list(launcher.launch_composed(batch, initial_job_idx, composed))
     return list(launcher.launch(batch, initial_job_idx=initial_job_idx))
+
+
+def _launch_in_process(
+    launcher: Any, batch: Sequence[Sequence[str]], initial_job_idx: int, composed: Sequence[DictConfig]
+) -> list[JobReturn]:
+    """Hydra's ``BasicLauncher.launch``, line for line, with the sweep's composed configs."""
+    from hydra.core.utils import configure_log, run_job, setup_globals
+
+    setup_globals()
+    configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+    _log.info(f"Launching {len(batch)} jobs locally")
+    runs = []
+    for (idx, _), config in zip(_announce(batch, initial_job_idx), composed):
+        with open_dict(config):
+            config.hydra.job.id = idx
+            config.hydra.job.num = idx
+        runs.append(
+            run_job(
+                hydra_context=launcher.hydra_context,
+                task_function=launcher.task_function,
+                config=config,
+                job_dir_key="hydra.sweep.dir",
+                job_subdir_key="hydra.sweep.subdir",
+            )
+        )
+        configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
+    return runs
 
 
 def _launch_on_ray(launcher: Any, batch: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:

@@ -27,3 +27,8 @@ class BatchedLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         return self._impl.launch(job_overrides, initial_job_idx)
+
+    def launch_composed(
+        self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, composed: Sequence[DictConfig]
+    ) -> Sequence[JobReturn]:
+        return self._impl.launch_composed(job_overrides, initial_job_idx, composed)
