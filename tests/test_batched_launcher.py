@@ -7,8 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import load_study, mlflow_runs, run_sweep
+from conftest import TINY, load_study, mlflow_runs, run_sweep
 from optuna.trial import TrialState
+
+from clipsweep.cli import main
 
 SWEEP = ("hydra.sweeper.n_jobs=3", "hydra.sweeper.n_trials=3", "hydra.sweeper.seed=7", "train.steps=30")
 
@@ -61,3 +63,51 @@ def test_batched_launcher_runs_jobs_that_cannot_share_alone_and_says_why(tmp_pat
     assert done.stdout.count("runs alone: dropout=0.2 between layers draws random masks per run") == 2
     assert "as one batch" not in done.stdout
     assert [t.state for t in load_study(tmp_path, "d").get_trials()] == [TrialState.COMPLETE] * 2
+
+
+def _batched_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    monkeypatch.chdir(tmp_path)
+    return ["sweep", *TINY, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "hydra.sweeper.study_name=f",
+            "hydra/launcher=batched", "search=threshold"]  # fmt: skip
+
+
+def _nothing_left_running(tmp_path: Path, parent_status: str) -> list:
+    trials = load_study(tmp_path, "f").get_trials()
+    assert [t.number for t in trials if t.state == TrialState.RUNNING] == []
+    _, runs = mlflow_runs(tmp_path)
+    assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+    assert [r.info.status for r in runs if r.data.tags.get("clipsweep.role") == "sweep"] == [parent_status]
+    return trials
+
+
+def test_batched_launcher_a_failing_batch_fails_its_trials_not_the_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_step(*args, **kwargs):
+        raise RuntimeError("injected failure in the batched step")
+
+    monkeypatch.setattr("clipsweep.batching.BatchedTrainer.step", broken_step)
+    assert main(_batched_sweep(tmp_path, monkeypatch)) == 1  # every trial failed: past max_failure_rate
+    trials = _nothing_left_running(tmp_path, "FAILED")
+    assert {t.state for t in trials} == {TrialState.FAIL}
+    assert all("injected failure in the batched step" in t.user_attrs["clipsweep.fail_reason"] for t in trials)
+
+
+def test_batched_launcher_interrupt_mid_batch_gives_its_trials_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def signal_at_step_3() -> None:  # what the deferred SIGINT handler raises at the batch's safe point
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("SIGINT")
+
+    monkeypatch.setattr("clipsweep.batching.raise_if_requested", signal_at_step_3)
+    assert main(_batched_sweep(tmp_path, monkeypatch)) == 130
+    trials = _nothing_left_running(tmp_path, "KILLED")
+    given_back = [t for t in trials if t.user_attrs.get("clipsweep.interrupted")]
+    assert len(given_back) == 2 and {t.state for t in given_back} == {TrialState.FAIL}
+    assert len([t for t in trials if t.state == TrialState.WAITING]) == 2  # re-enqueued for the next worker
+    _, runs = mlflow_runs(tmp_path)
+    assert sorted(r.info.status for r in runs if r.data.tags.get("clipsweep.role") != "sweep") == ["KILLED"] * 2
