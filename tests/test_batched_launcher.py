@@ -12,7 +12,10 @@ from optuna.trial import TrialState
 
 from clipsweep.cli import main
 
-SWEEP = ("hydra.sweeper.n_jobs=3", "hydra.sweeper.n_trials=3", "hydra.sweeper.seed=7", "train.steps=30")
+# On the CPU: a GPU machine would put both sweeps on CUDA, where the lone run is cuDNN's (TF32) LSTM.
+SWEEP = (
+    "hydra.sweeper.n_jobs=3", "hydra.sweeper.n_trials=3", "hydra.sweeper.seed=7", "train.steps=30", "train.device=cpu",
+)  # fmt: skip
 
 
 def test_batched_launcher_sweep_gives_each_trial_what_it_gets_alone(tmp_path: Path) -> None:
@@ -58,7 +61,7 @@ def test_batched_launcher_prunes_members_from_their_own_reports(tmp_path: Path) 
 def test_batched_launcher_runs_jobs_that_cannot_share_alone_and_says_why(tmp_path: Path) -> None:
     done = run_sweep(
         tmp_path, "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=d",
-        "hydra/launcher=batched", "model.num_layers=2", "model.dropout=0.2",
+        "train.device=cpu", "hydra/launcher=batched", "model.num_layers=2", "model.dropout=0.2",
     )  # fmt: skip
     assert done.stdout.count("runs alone: dropout=0.2 between layers draws random masks per run") == 2
     assert "as one batch" not in done.stdout
@@ -68,7 +71,7 @@ def test_batched_launcher_runs_jobs_that_cannot_share_alone_and_says_why(tmp_pat
 def _batched_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.chdir(tmp_path)
     return ["sweep", *TINY, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "hydra.sweeper.study_name=f",
-            "hydra/launcher=batched", "search=threshold"]  # fmt: skip
+            "train.device=cpu", "hydra/launcher=batched", "search=threshold"]  # fmt: skip
 
 
 def _nothing_left_running(tmp_path: Path, parent_status: str) -> list:

@@ -104,3 +104,33 @@ def test_batch_key_and_obstacle_say_which_runs_can_share_a_batch(config) -> None
     assert "dropout" in str(obstacle(build(config(*SHAPE, "model.num_layers=2", "model.dropout=0.2"))))
     with pytest.raises(ValueError, match="must share model, task"):
         BatchedTrainer([build(a), build(config(*SHAPE, "model.hidden_size=9"))])
+
+
+FUSED = [("clip=norm", f"clip.threshold={t}", "optim=adam", f"optim.lr={lr}", f"train.seed={k}")
+         for k, (t, lr) in enumerate([(0.05, 0.01), (0.5, 0.003), (5.0, 0.03), (0.2, 0.001)])]  # fmt: skip
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by the device benchmark)")
+@pytest.mark.parametrize("members", [FUSED, MEMBERS], ids=["fused", "per-member"])
+def test_batched_trainer_on_cuda_steps_without_host_sync_and_matches_the_cpu_batch(config, members) -> None:
+    def batch(device: str) -> BatchedTrainer:
+        return BatchedTrainer([build(config(*SHAPE, *member, f"train.device={device}")) for member in members])
+
+    on_cuda, on_cpu = batch("cuda"), batch("cpu")
+    assert (on_cuda.fused is not None) == (members is FUSED)
+    quiet = [Telemetry(named, 100, torch.device("cuda")) for named in on_cuda.named]
+    cpu_telemetry = [Telemetry(named, 100, torch.device("cpu")) for named in on_cpu.named]
+    on_cuda.step(0, range(4), quiet)  # the first step allocates optimizer state
+    on_cpu.step(0, range(4), cpu_telemetry)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(1, 5):
+            on_cuda.step(step, range(4), quiet)  # raises on any host synchronisation
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for step in range(1, 5):
+        on_cpu.step(step, range(4), cpu_telemetry)
+    for theirs, ours in zip(on_cpu.model.weights, on_cuda.model.weights):
+        torch.testing.assert_close(ours.detach().cpu(), theirs.detach(), rtol=1e-3, atol=1e-5)
