@@ -4,6 +4,7 @@ that cannot share a model run alone, saying why."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -74,7 +75,10 @@ def _batched_sweep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]
             "train.device=cpu", "hydra/launcher=batched", "search=threshold"]  # fmt: skip
 
 
-def _nothing_left_running(tmp_path: Path, parent_status: str) -> list:
+def _nothing_left_running(tmp_path: Path, parent_status: str, threads_before: set[threading.Thread]) -> list:
+    for thread in set(threading.enumerate()) - threads_before:  # MLflow writers finish their last writes
+        thread.join(timeout=10)
+        assert not thread.is_alive() or thread.daemon, thread
     trials = load_study(tmp_path, "f").get_trials()
     assert [t.number for t in trials if t.state == TrialState.RUNNING] == []
     _, runs = mlflow_runs(tmp_path)
@@ -90,8 +94,9 @@ def test_batched_launcher_a_failing_batch_fails_its_trials_not_the_process(
         raise RuntimeError("injected failure in the batched step")
 
     monkeypatch.setattr("clipsweep.batching.BatchedTrainer.step", broken_step)
+    before = set(threading.enumerate())
     assert main(_batched_sweep(tmp_path, monkeypatch)) == 1  # every trial failed: past max_failure_rate
-    trials = _nothing_left_running(tmp_path, "FAILED")
+    trials = _nothing_left_running(tmp_path, "FAILED", before)
     assert {t.state for t in trials} == {TrialState.FAIL}
     assert all("injected failure in the batched step" in t.user_attrs["clipsweep.fail_reason"] for t in trials)
 
@@ -107,8 +112,9 @@ def test_batched_launcher_interrupt_mid_batch_gives_its_trials_back(
             raise KeyboardInterrupt("SIGINT")
 
     monkeypatch.setattr("clipsweep.batching.raise_if_requested", signal_at_step_3)
+    before = set(threading.enumerate())
     assert main(_batched_sweep(tmp_path, monkeypatch)) == 130
-    trials = _nothing_left_running(tmp_path, "KILLED")
+    trials = _nothing_left_running(tmp_path, "KILLED", before)
     given_back = [t for t in trials if t.user_attrs.get("clipsweep.interrupted")]
     assert len(given_back) == 2 and {t.state for t in given_back} == {TrialState.FAIL}
     assert len([t for t in trials if t.state == TrialState.WAITING]) == 2  # re-enqueued for the next worker
