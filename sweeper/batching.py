@@ -16,6 +16,8 @@ still rides along in the batch, untouched, until the longest run ends.
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -28,6 +30,7 @@ from clipsweep.batched_updates import FusedUpdate
 from clipsweep.instantiation import instantiate_node
 from clipsweep.interrupts import raise_if_requested
 from clipsweep.models.batched import BatchedRNN, batching_obstacle
+from clipsweep.progress import BatchProgress, QuietProgress
 from clipsweep.recording import RunRecorder, RunResult
 from clipsweep.telemetry import Telemetry
 from clipsweep.tracker import Tracker
@@ -159,9 +162,11 @@ def train_batch(
     """
     trainer = BatchedTrainer(setups)
     recorders = [
-        RunRecorder(s.config, named, s.device, tracker, **dict(args))
+        RunRecorder(s.config, named, s.device, tracker, **dict(args), progress=QuietProgress())
         for s, named, tracker, args in zip(setups, trainer.named, trackers, arguments)
     ]
+    labels = [str(args.get("run_name") or f"run {k}") for k, args in enumerate(arguments)]
+    progress = BatchProgress(max(r.steps for r in recorders), labels)
     results: list[RunResult | Exception | None] = [None] * len(setups)
     active: list[int] = []
     for k, recorder in enumerate(recorders):
@@ -174,9 +179,10 @@ def train_batch(
             trainer.step(step, active, [r.telemetry for r in recorders])
             evaluations.clear()
             for k in list(active):
-                _settle(
-                    recorders[k], k, active, results, partial(recorders[k].after_step, step, partial(evaluations, k))
-                )
+                after = partial(recorders[k].after_step, step, partial(evaluations, k))
+                _settle(recorders[k], k, active, results, after)
+            if evaluations.values is not None:
+                _report(progress, step + 1, recorders, active)
             step += 1
     except Exception as err:  # the batched step: every run still training shares its failure
         for k in active:
@@ -187,6 +193,12 @@ def train_batch(
             recorders[k].abort(err)
         raise
     return results  # type: ignore[return-value]
+
+
+def _report(progress: BatchProgress, done: int, recorders: Sequence[RunRecorder], active: Sequence[int]) -> None:
+    ended = Counter(r.status for k, r in enumerate(recorders) if k not in active)
+    scores = [(r.val["val/loss"], k) for k, r in enumerate(recorders) if math.isfinite(r.val.get("val/loss", math.nan))]
+    progress.evaluated(done, len(active), ended, min(scores) if scores else None)
 
 
 class _Evaluations:

@@ -79,3 +79,42 @@ class RunProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class QuietProgress(RunProgress):
+    """A run that reports through its batch's line (``BatchProgress``): no bar, no line of its own
+    (64 bars on one terminal overwrite each other)."""
+
+    def __init__(self) -> None:
+        self.bar = None
+
+    def window(self, done: int, train_loss: float, norm: float) -> None:
+        pass
+
+    def evaluated(self, done: int, train_loss: float, norm: float, val: Mapping[str, float]) -> None:
+        pass
+
+
+class BatchProgress:
+    """One line per evaluation step for a batch of runs trained as one model: how many still train,
+    how many ended (and how), the best ``val/loss`` so far and which run has it, and the ETA."""
+
+    def __init__(self, total: int, labels: Sequence[str], log: TextIO | None = None) -> None:
+        self.total, self.labels = total, list(labels)
+        self.log = log or sys.stdout
+        self.started = time.perf_counter()
+        self.best: tuple[float, int] | None = None
+
+    def evaluated(self, done: int, training: int, ended: Mapping[str, int], best: tuple[float, int] | None) -> None:
+        """``best``: this evaluation's lowest (val/loss, run index); the line shows the lowest so far."""
+        if best is not None and (self.best is None or best < self.best):
+            self.best = best
+        endings = ", ".join(f"{n} {status}" for status, n in sorted(ended.items()) if n) or "none"
+        leader = "" if self.best is None else f" | best val/loss {self.best[0]:.4g} ({self.labels[self.best[1]]})"
+        left = eta(time.perf_counter() - self.started, done, self.total)
+        print(
+            f"[batch of {len(self.labels)}] step {done}/{self.total} | training {training}, ended: {endings}"
+            f"{leader} | ETA {left}",
+            file=self.log,
+            flush=True,
+        )

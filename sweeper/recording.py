@@ -60,7 +60,8 @@ class RunRecorder:
 
     ``tags`` and ``run_name`` add to the tracking run (a sweep names its trials' runs and nests them
     under its parent run); ``run_name`` falls back to ``tracking.run_name``. ``on_start`` receives the
-    tracking run id as soon as the run exists, so a crash later can still be traced.
+    tracking run id as soon as the run exists, so a crash later can still be traced. ``progress``
+    replaces the run's own bar or lines (a batch reports its runs together).
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class RunRecorder:
         tags: Mapping[str, str] | None = None,
         run_name: str | None = None,
         on_start: Callable[[str | None], None] | None = None,
+        progress: RunProgress | None = None,
     ) -> None:
         self.config = config
         self.steps, self.eval_every = int(config.train.steps), int(config.train.eval_every)
@@ -81,7 +83,7 @@ class RunRecorder:
         self.tracker, self.on_eval, self.on_start = tracker, on_eval, on_start
         self.tags, self.device = dict(tags or {}), device
         self.run_name = run_name or config.tracking.run_name
-        self.progress = RunProgress(self.steps, run_name or str(config.tracking.run_name or "run"))
+        self.progress = progress or RunProgress(self.steps, run_name or str(config.tracking.run_name or "run"))
         self.status, self.done, self.train_loss, self.val = "finished", 0, math.nan, {}
         self.norm, self.last_threshold = math.nan, math.nan
         self.windows: list[Window] = []
@@ -140,6 +142,8 @@ class RunRecorder:
             if window is not None:
                 self.windows.append(window)
                 tracker.log_metrics(window.metrics())
+                if math.isnan(self.train_loss):  # stopped before its first full window
+                    self.train_loss = _mean_finite(window.values["train/loss"])
             tracker.log_text(steps_csv(self.windows), "telemetry/steps.csv")
             summary_metrics = telemetry.summary.metrics()
             tracker.log_metrics((k, v, self.done) for k, v in summary_metrics.items() if math.isfinite(v))

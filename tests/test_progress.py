@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from clipsweep.progress import RunProgress, duration, eta, sweep_eta
+from clipsweep.progress import BatchProgress, QuietProgress, RunProgress, duration, eta, sweep_eta
 
 
 class Terminal(io.StringIO):
@@ -65,3 +65,23 @@ def test_progress_sweep_eta_is_mean_trial_time_times_batches_left() -> None:
     assert sweep_eta(finished, 10, 1) == "4.0 min"  # 8 left x 30 s (failed trials are retried, not timed)
     assert sweep_eta(finished, 10, 4) == "60 s"  # in batches of 4: 2 batches
     assert sweep_eta(finished, 2, 1) == "0 s"
+
+
+def test_progress_batch_line_counts_endings_and_keeps_the_best_so_far() -> None:
+    log = io.StringIO()
+    progress = BatchProgress(20, ["trial-0", "trial-1", "trial-2"], log=log)
+    progress.evaluated(5, 2, {"stopped": 1}, (0.25, 1))
+    progress.evaluated(10, 1, {"stopped": 1, "diverged": 1}, (0.5, 0))  # trial-1 ended; its 0.25 stands
+    progress.evaluated(20, 0, {"stopped": 1, "diverged": 1, "finished": 1}, (0.125, 0))
+    lines = log.getvalue().splitlines()
+    assert lines[0].startswith("[batch of 3] step 5/20 | training 2, ended: 1 stopped | best val/loss 0.25 (trial-1)")
+    assert "ended: 1 diverged, 1 stopped | best val/loss 0.25 (trial-1)" in lines[1]
+    assert "training 0, ended: 1 diverged, 1 finished, 1 stopped | best val/loss 0.125 (trial-0) | ETA 0 s" in lines[2]
+
+
+def test_progress_quiet_run_draws_and_prints_nothing(capsys) -> None:
+    progress = QuietProgress()
+    progress.window(10, 0.5, 1.0)
+    progress.evaluated(10, 0.5, 1.0, {"val/loss": 0.2})
+    progress.close()
+    assert capsys.readouterr() == ("", "")
