@@ -18,10 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, setup_globals
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
+
+from clipsweep.launching import announce, number, run_here
 
 _log = logging.getLogger("hydra")
 _CPU_NOTE = (
@@ -61,11 +63,8 @@ class BatchedLauncher(Launcher):
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         _log.info(f"Launching {len(job_overrides)} jobs as batches on one device")
         configs = list(composed)
-        for idx, (overrides, config) in enumerate(zip(job_overrides, configs), start=initial_job_idx):
-            _log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            with open_dict(config):
-                config.hydra.job.id = idx
-                config.hydra.job.num = idx
+        for (idx, _), config in zip(announce(job_overrides, initial_job_idx), configs):
+            number(config, idx)
         groups: dict[str, list[int]] = {}
         for i, config in enumerate(configs):
             # Another task function (not clipsweep's job) is opaque: each of its jobs runs alone.
@@ -82,13 +81,7 @@ class BatchedLauncher(Launcher):
         return returns  # type: ignore[return-value]
 
     def _run(self, config: DictConfig, task_function: TaskFunction) -> JobReturn:
-        return run_job(
-            hydra_context=self.hydra_context,
-            task_function=task_function,
-            config=config,
-            job_dir_key="hydra.sweep.dir",
-            job_subdir_key="hydra.sweep.subdir",
-        )
+        return run_here(self.hydra_context, task_function, config)
 
     def _run_together(self, configs: Sequence[DictConfig]) -> list[JobReturn]:
         """Prepare every job inside Hydra's ``run_job`` (a job that fails to build fails there,

@@ -181,28 +181,39 @@ def _launch_in_process(
     launcher: Any, batch: Sequence[Sequence[str]], initial_job_idx: int, composed: Sequence[DictConfig]
 ) -> list[JobReturn]:
     """Hydra's ``BasicLauncher.launch``, line for line, with the sweep's composed configs."""
-    from hydra.core.utils import configure_log, run_job, setup_globals
+    from hydra.core.utils import configure_log, setup_globals
 
     setup_globals()
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     Path(str(launcher.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
     _log.info(f"Launching {len(batch)} jobs locally")
     runs = []
-    for (idx, _), config in zip(_announce(batch, initial_job_idx), composed):
-        with open_dict(config):
-            config.hydra.job.id = idx
-            config.hydra.job.num = idx
-        runs.append(
-            run_job(
-                hydra_context=launcher.hydra_context,
-                task_function=launcher.task_function,
-                config=config,
-                job_dir_key="hydra.sweep.dir",
-                job_subdir_key="hydra.sweep.subdir",
-            )
-        )
+    for (idx, _), config in zip(announce(batch, initial_job_idx), composed):
+        number(config, idx)
+        runs.append(run_here(launcher.hydra_context, launcher.task_function, config))
         configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     return runs
+
+
+def number(config: DictConfig, idx: int) -> None:
+    """The job's number in the sweep (``hydra.job.id`` and ``num``), as Hydra's launchers set it."""
+    with open_dict(config):
+        config.hydra.job.id = idx
+        config.hydra.job.num = idx
+
+
+def run_here(hydra_context: Any, task_function: Any, config: DictConfig) -> JobReturn:
+    """Hydra's ``run_job`` for a sweep's job in this process: its output directory under the sweep
+    directory, its ``.hydra`` files, its ``env_set``; a raising task is a failed JobReturn."""
+    from hydra.core.utils import run_job
+
+    return run_job(
+        hydra_context=hydra_context,
+        task_function=task_function,
+        config=config,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
 
 
 def _launch_on_ray(launcher: Any, batch: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
@@ -214,7 +225,7 @@ def _launch_on_ray(launcher: Any, batch: Sequence[Sequence[str]], initial_job_id
     from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray
 
     refs = []
-    for idx, overrides in _announce(batch, initial_job_idx):
+    for idx, overrides in announce(batch, initial_job_idx):
         sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = f"job_id_for_{idx}"
@@ -245,14 +256,14 @@ def _launch_on_submitit(launcher: Any, batch: Sequence[Sequence[str]], initial_j
     executor.update_parameters(**{k if k in generic else f"{cluster}_{k}": v for k, v in params.items()})
     arguments = [
         (list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state())
-        for idx, overrides in _announce(batch, initial_job_idx)
+        for idx, overrides in announce(batch, initial_job_idx)
     ]
     jobs = executor.map_array(launcher, *zip(*arguments))
     # Any error here is outside the task (time limit, node failure): run_job returns the task's own.
     return _gather(jobs, lambda job: job.results()[0], lambda job: job.cancel(check=False), Exception)
 
 
-def _announce(batch: Sequence[Sequence[str]], initial_job_idx: int) -> list[tuple[int, Sequence[str]]]:
+def announce(batch: Sequence[Sequence[str]], initial_job_idx: int) -> list[tuple[int, Sequence[str]]]:
     """Each job's number and overrides, printed as Hydra's launchers print them."""
     from hydra.core.utils import filter_overrides
 
