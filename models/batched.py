@@ -82,28 +82,34 @@ class BatchedRNN(nn.Module):
         for view, weight in zip(views, self.weights):
             view.grad = None if weight.grad is None else weight.grad[k]
 
-    def _weight(self, name: str) -> Tensor:
-        return self.weights[self.names.index(name)]
+    def forward(self, x: Tensor, members: Tensor | None = None) -> Tensor:
+        """``x``: (E, B, T, input_size), or (E, B, T) token ids; returns (E, B[, T], output_size).
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``x``: (E, B, T, input_size), or (E, B, T) token ids; returns (E, B[, T], output_size)."""
+        ``members`` (indices on the weights' device): compute only those members, ``x`` holding
+        theirs in that order; the others' weights get zero gradients. A batch whose runs stop one by
+        one (pruned, diverged, done) stops paying for them.
+        """
+        if members is None:
+            weights = dict(zip(self.names, self.weights))
+        else:
+            weights = {name: w.index_select(0, members) for name, w in zip(self.names, self.weights)}
         if self.has_embedding:
-            table = self._weight("embedding.weight")
+            table = weights["embedding.weight"]
             members = torch.arange(table.shape[0], device=x.device)[:, None, None]
             # Padding (id 0) contributes nothing and gets no gradient, as nn.Embedding(padding_idx=0).
             x = table[members, x] * (x != 0).unsqueeze(-1).to(table.dtype)
         for layer in range(self.num_layers):
-            x = self._layer(x, layer)
+            x = self._layer(x, layer, weights)
         if not self.sequence_output:
             x = x[:, :, -1]
-        weight, bias = self._weight("head.weight"), self._weight("head.bias")
+        weight, bias = weights["head.weight"], weights["head.bias"]
         flat = x.reshape(x.shape[0], -1, x.shape[-1])
         out = torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2))
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
-    def _layer(self, x: Tensor, layer: int) -> Tensor:
-        w_ih, w_hh = self._weight(f"rnn.weight_ih_l{layer}"), self._weight(f"rnn.weight_hh_l{layer}")
-        b_ih, b_hh = self._weight(f"rnn.bias_ih_l{layer}"), self._weight(f"rnn.bias_hh_l{layer}")
+    def _layer(self, x: Tensor, layer: int, weights: dict[str, Tensor]) -> Tensor:
+        w_ih, w_hh = weights[f"rnn.weight_ih_l{layer}"], weights[f"rnn.weight_hh_l{layer}"]
+        b_ih, b_hh = weights[f"rnn.bias_ih_l{layer}"], weights[f"rnn.bias_hh_l{layer}"]
         members, batch, steps, features = x.shape
         hidden = w_hh.shape[-1]
         gru = self.cell is Cell.gru

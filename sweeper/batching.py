@@ -88,15 +88,25 @@ class BatchedTrainer:
         self.fused = FusedUpdate.for_members(list(self.model.weights), [s.clipper for s in setups], self.optimizers)
         self.generators = [torch.Generator().manual_seed(int(s.config.train.seed)) for s in setups]
         self.batch_size = int(first.config.train.batch_size)
+        self._indexed: tuple[tuple[int, ...], Tensor | None] = ((), None)
         self.accumulate = int(first.config.train.accumulate)
 
     def _micro_batch(self, active: Sequence[int]) -> tuple[Tensor, list[Tensor]]:
-        """Each active member's next batch from its own generator, stacked on the member axis; a
-        stopped member gets zeros (its slice computes, nothing reads it) and draws nothing."""
-        drawn = {k: self.setups[k].task.sample(self.batch_size, self.generators[k]) for k in active}
-        filler = torch.zeros_like(drawn[active[0]][0])
-        x = torch.stack([drawn[k][0] if k in drawn else filler for k in range(len(self.setups))])
-        return x.to(self.device, non_blocking=True), [drawn[k][1].to(self.device, non_blocking=True) for k in active]
+        """Each active member's next batch from its own generator, stacked on the member axis in
+        ``active``'s order; a stopped member draws nothing."""
+        drawn = [self.setups[k].task.sample(self.batch_size, self.generators[k]) for k in active]
+        x = torch.stack([x for x, _ in drawn]).to(self.device, non_blocking=True)
+        return x, [y.to(self.device, non_blocking=True) for _, y in drawn]
+
+    def _members(self, active: Sequence[int]) -> Tensor | None:
+        """The model's ``members`` argument: None while every member trains, else their indices
+        (made once per change of ``active``: no host-to-device copy per step)."""
+        key = tuple(active)
+        if len(key) == len(self.setups):
+            return None
+        if key != self._indexed[0]:
+            self._indexed = (key, torch.tensor(key, dtype=torch.long).to(self.device))
+        return self._indexed[1]
 
     def step(self, step: int, active: Sequence[int], telemetries: Sequence[Telemetry]) -> None:
         """One optimizer step for every active member: backward over all micro-batches, then per
@@ -110,8 +120,8 @@ class BatchedTrainer:
         for _ in range(self.accumulate):
             x, targets = self._micro_batch(active)
             with autocast(self.setups[0]):
-                out = self.model(x)
-            losses = [self.setups[k].task.loss(out[k], y) for k, y in zip(active, targets)]
+                out = self.model(x, self._members(active))
+            losses = [self.setups[k].task.loss(out[j], y) for j, (k, y) in enumerate(zip(active, targets))]
             if self.accumulate > 1:
                 losses = [loss / self.accumulate for loss in losses]
             torch.stack(losses).sum().backward()  # members share no weight: each slice gets its own gradient
@@ -134,20 +144,22 @@ class BatchedTrainer:
             self.optimizers[k].step()
 
     @torch.no_grad()
-    def evaluate(self, chunk: int = 512) -> list[dict[str, float]]:
-        """Every member's validation metrics, in ``Trainer.evaluate``'s chunks and weights."""
+    def evaluate(self, active: Sequence[int] | None = None, chunk: int = 512) -> dict[int, dict[str, float]]:
+        """The validation metrics of the ``active`` members (all by default), by member index, in
+        ``Trainer.evaluate``'s chunks and weights."""
+        active = list(range(len(self.setups))) if active is None else list(active)
         self.model.eval()
         x_all, y_all = self.setups[0].task.validation()
-        totals: list[dict[str, Tensor]] = [{} for _ in self.setups]
-        members = len(self.setups)
+        totals: list[dict[str, Tensor]] = [{} for _ in active]
+        members = self._members(active)
         for start in range(0, len(y_all), chunk):
             x = x_all[start : start + chunk].to(self.device)
             y = y_all[start : start + chunk].to(self.device)
             with autocast(self.setups[0]):
-                out = self.model(x.unsqueeze(0).expand(members, *x.shape))
-            for k, setup in enumerate(self.setups):
-                add_validation_chunk(totals[k], setup.task, out[k], y, len(y) / len(y_all))
-        return [{f"val/{name}": float(value) for name, value in member.items()} for member in totals]
+                out = self.model(x.unsqueeze(0).expand(len(active), *x.shape), members)
+            for j, k in enumerate(active):
+                add_validation_chunk(totals[j], self.setups[k].task, out[j], y, len(y) / len(y_all))
+        return {k: {f"val/{name}": float(value) for name, value in totals[j].items()} for j, k in enumerate(active)}
 
 
 def train_batch(
@@ -177,7 +189,7 @@ def train_batch(
         while active:
             raise_if_requested()  # a SIGINT/SIGTERM recorded by the sweep's handler stops here
             trainer.step(step, active, [r.telemetry for r in recorders])
-            evaluations.clear()
+            evaluations.clear(active)
             for k in list(active):
                 after = partial(recorders[k].after_step, step, partial(evaluations, k))
                 _settle(recorders[k], k, active, results, after)
@@ -202,19 +214,20 @@ def _report(progress: BatchProgress, done: int, recorders: Sequence[RunRecorder]
 
 
 class _Evaluations:
-    """The batch's evaluation at the current step: computed once for every member, and only when a
-    member's schedule asks for it."""
+    """The batch's evaluation at the current step: computed once, for the members training at the
+    step's start, and only when a member's schedule asks for it."""
 
     def __init__(self, trainer: BatchedTrainer) -> None:
         self.trainer = trainer
-        self.values: list[dict[str, float]] | None = None
+        self.active: list[int] = []
+        self.values: dict[int, dict[str, float]] | None = None
 
-    def clear(self) -> None:
-        self.values = None
+    def clear(self, active: Sequence[int]) -> None:
+        self.active, self.values = list(active), None
 
     def __call__(self, k: int) -> dict[str, float]:
         if self.values is None:
-            self.values = self.trainer.evaluate()
+            self.values = self.trainer.evaluate(self.active)
         return self.values[k]
 
 

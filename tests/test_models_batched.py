@@ -71,3 +71,17 @@ def test_batching_obstacle_names_dropout_between_layers_and_foreign_models() -> 
                 *_members(1, input_size=2, output_size=1, cell="gru", hidden_size=5, num_layers=1, dropout=0.0),
             ]
         )
+
+
+def test_batched_rnn_subset_of_members_computes_theirs_and_leaves_the_others_untouched() -> None:
+    batched = BatchedRNN(
+        _members(3, input_size=2, output_size=1, cell="lstm", hidden_size=4, num_layers=1, dropout=0.0)
+    )
+    x = torch.randn(3, 5, 6, 2, generator=torch.Generator().manual_seed(0))
+    full = batched(x)
+    subset = batched(x[[2, 0]], torch.tensor([2, 0]))
+    torch.testing.assert_close(subset, full[[2, 0]])
+    subset.sum().backward()
+    for weight in batched.weights:
+        assert torch.count_nonzero(weight.grad[1]) == 0  # member 1 was not computed
+        assert torch.count_nonzero(weight.grad[0]) > 0 and torch.count_nonzero(weight.grad[2]) > 0
