@@ -9,8 +9,8 @@ What stays per run is everything that makes a trial a trial: its data stream (it
 generator), its gradients (the summed losses separate exactly: members share no weight), its
 clipper and telemetry, its optimizer and state (a torch optimizer over leaf views of its slices),
 its evaluations, its pruning decision and its tracking run (``recording.RunRecorder``, as a lone
-run's). A run that stops (pruned, diverged, done, failed) stops recording and stepping; its slice
-still rides along in the batch, untouched, until the longest run ends.
+run's). A run that stops (pruned, diverged, done, failed) stops recording, stepping and computing:
+the batch goes on with the others' slices only, until the longest run ends.
 """
 
 from __future__ import annotations
