@@ -54,14 +54,16 @@ class ZClip(Clipper):
                 self._var = torch.nanmean((self._warmup - self._mean) ** 2)
             threshold = cap
         else:
-            std = self._var**0.5
+            # Fused forms (addcdiv, lerp) of the same formulas: every op here is a kernel launch on a
+            # GPU, where a small model's step is launch-bound.
+            std = self._var.sqrt()
             z = (g - self._mean) / (std + self.eps)
             spike = z > self.z_threshold
-            adaptive = self._mean + (self.z_threshold * std) / (z / self.z_threshold)
+            adaptive = torch.addcdiv(self._mean, std, z, value=self.z_threshold**2)  # mean + z*² std / z
             threshold = torch.fmin(torch.where(spike, adaptive, math.inf).to(norm.dtype), cap)
             observed = torch.where(spike, adaptive, g)
-            mean = self.alpha * self._mean + (1 - self.alpha) * observed
-            var = self.alpha * self._var + (1 - self.alpha) * (observed - mean) ** 2
+            mean = torch.lerp(observed, self._mean, self.alpha)  # alpha mean + (1 - alpha) observed
+            var = torch.lerp(torch.square(observed - mean), self._var, self.alpha)
             self._mean = torch.where(finite, mean, self._mean)
             self._var = torch.where(finite, var, self._var)
         scale_to(grads, norm, threshold)
