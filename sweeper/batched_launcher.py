@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,8 @@ class BatchedLauncher(Launcher):
         from clipsweep.training import train
 
         with deferred():  # a signal stops the batch at a step, never inside a store write
-            returns = [self._run(config, prepare_job) for config in configs]
+            prepare = partial(prepare_job, storages={})  # the batch's jobs share one study storage
+            returns = [self._run(config, prepare) for config in configs]
             ready = [i for i, r in enumerate(returns) if r.status == JobStatus.COMPLETED]
             jobs = {i: returns[i].return_value for i in ready}
             alone = {i: obstacle(jobs[i].setup) for i in ready}

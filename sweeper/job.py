@@ -73,9 +73,10 @@ class PreparedJob:
         }
 
 
-def prepare_job(config: DictConfig) -> PreparedJob:
+def prepare_job(config: DictConfig, storages: dict[tuple[Any, ...], Any] | None = None) -> PreparedJob:
     """Build (validating), open the tracker and find the trial; call where the job runs (inside
-    Hydra's ``run_job``: the job's ``env_set`` names its trial and stores)."""
+    Hydra's ``run_job``: the job's ``env_set`` names its trial and stores). ``storages``: study
+    storages other jobs of this process opened already (``TrialReporter.from_environment``)."""
     import os
 
     from hydra.core.hydra_config import HydraConfig
@@ -93,7 +94,7 @@ def prepare_job(config: DictConfig) -> PreparedJob:
     sweeper_config = None
     if HydraConfig.initialized():
         sweeper_config = OmegaConf.to_container(HydraConfig.get().sweeper, resolve=True)
-    return PreparedJob(config, setup, tracker, TrialReporter.from_environment(sweeper_config))
+    return PreparedJob(config, setup, tracker, TrialReporter.from_environment(sweeper_config, storages))
 
 
 def job_result(job: PreparedJob, result: RunResult) -> dict[str, Any]:

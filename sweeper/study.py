@@ -248,18 +248,22 @@ class TrialReporter:
         self._reports = len(study.directions) == 1  # Optuna cannot prune multi-objective trials
 
     @classmethod
-    def from_environment(cls, sweeper_config: Mapping[str, Any] | None) -> TrialReporter | None:
+    def from_environment(
+        cls, sweeper_config: Mapping[str, Any] | None, storages: dict[tuple[Any, ...], Any] | None = None
+    ) -> TrialReporter | None:
+        """The job's trial, or None outside a sweep. ``storages``: storages already opened by other
+        jobs of this process, by URL and settings (a batch's jobs share one: opening costs ~50 ms)."""
         trial_id = os.environ.get(TRIAL_ID_ENV)
         if not trial_id or sweeper_config is None:  # conf/config.yaml declares it empty outside a sweep
             return None
         settings = sweeper_settings(sweeper_config)
         url = storage_url(settings["storage"])
-        storage = open_storage(
-            url,
-            int(settings["heartbeat_interval"]),
-            int(settings["grace_period"]),
-            int(settings["max_retry"]),
-        )
+        key = (url, *(int(settings[k]) for k in ("heartbeat_interval", "grace_period", "max_retry")))
+        storage = None if storages is None else storages.get(key)
+        if storage is None:
+            storage = open_storage(url, *key[1:])
+            if storages is not None:
+                storages[key] = storage
         # The pruner decides in this process, so it is built from the same sweeper config.
         pruner = instantiate(settings["pruner"])
         try:

@@ -11,6 +11,7 @@ import pytest
 from conftest import TINY, load_study, mlflow_runs, run_sweep
 from optuna.trial import TrialState
 
+from clipsweep import study
 from clipsweep.cli import main
 
 # On the CPU: a GPU machine would put both sweeps on CUDA, where the lone run is cuDNN's (TF32) LSTM.
@@ -120,3 +121,21 @@ def test_batched_launcher_interrupt_mid_batch_gives_its_trials_back(
     assert len([t for t in trials if t.state == TrialState.WAITING]) == 2  # re-enqueued for the next worker
     _, runs = mlflow_runs(tmp_path)
     assert sorted(r.info.status for r in runs if r.data.tags.get("clipsweep.role") != "sweep") == ["KILLED"] * 2
+
+
+def test_batched_launcher_jobs_of_a_batch_share_one_study_storage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+
+    opened = []
+
+    def counting(*args, **kwargs):
+        opened.append(args[0])
+        return open_storage(*args, **kwargs)
+
+    open_storage = study.open_storage
+    monkeypatch.setattr(study, "open_storage", counting)  # what each job's trial reporter opens
+    args = _batched_sweep(tmp_path, monkeypatch)
+    assert main([*args, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=3"]) == 0
+    assert len(opened) == 1  # three jobs, one storage (opening one costs ~50 ms)
+    assert len(load_study(tmp_path, "f").get_trials()) == 3
