@@ -36,6 +36,19 @@ _METRIC_SEND_SECONDS = 5.0
 """How long metrics gather before a write: each write costs a transaction or an HTTP round trip
 (4-20 ms of CPU here, the server's included), so at once a second it alone was 1-2% of a run."""
 _EXPERIMENT_IDS: dict[tuple[str, str], str] = {}
+_WRITES_IN_FLIGHT = 4
+"""Writes one process sends to one store at a time. A batch of 64 runs (``hydra/launcher=batched``)
+has 64 writer threads; MLflow's SQL store pools 15 connections, so unbounded, threads waiting on
+SQLite's write lock held them all and the rest timed out after 30 s, losing their writes."""
+_STORE_SLOTS: dict[str, threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def _store_slot(store: str) -> threading.BoundedSemaphore:
+    with _SLOTS_LOCK:
+        return _STORE_SLOTS.setdefault(store, threading.BoundedSemaphore(_WRITES_IN_FLIGHT))
+
+
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_PARAM_LENGTH = 6000
 
@@ -146,7 +159,8 @@ class MlflowTracker(Tracker):
 
     def start_run(self, run_name, params, tags):
         self.experiment_id = self._experiment()
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
+        with _store_slot(self._store()):
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags))
         self._attach(run.info.run_id)
         self.log_params(params)
 
@@ -176,7 +190,8 @@ class MlflowTracker(Tracker):
             if self._error is not None and job != self._terminate:
                 continue
             try:
-                job(*args)
+                with _store_slot(self._store()):
+                    job(*args)
             except BaseException as err:  # reported by flush(), or logged if nobody waits
                 self._error = self._error or err
                 _log.warning("MLflow logging for run %s failed: %s", self.run_id, err)

@@ -139,3 +139,23 @@ def test_batched_launcher_jobs_of_a_batch_share_one_study_storage(
     assert main([*args, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=3"]) == 0
     assert len(opened) == 1  # three jobs, one storage (opening one costs ~50 ms)
     assert len(load_study(tmp_path, "f").get_trials()) == 3
+
+
+def test_batched_launcher_many_runs_write_everything_to_one_sqlite_store(tmp_path: Path) -> None:
+    # 48 runs write together: 48 writer threads against one SQLite store whose connection pool holds
+    # 15 (unbounded, the threads waiting on SQLite's lock held them all and the rest timed out, their
+    # writes lost); every run must still get its metrics, artifacts and status.
+    done = run_sweep(
+        tmp_path, "hydra.sweeper.n_jobs=48", "hydra.sweeper.n_trials=48", "hydra.sweeper.study_name=many",
+        "hydra/launcher=batched", "train.device=cpu", "train.steps=40", "train.eval_every=10",
+        "tracking.log_every=5", "hydra/sweeper/pruner=none",
+    )  # fmt: skip
+    assert "MLflow logging" not in done.stdout + done.stderr
+    client, runs = mlflow_runs(tmp_path)
+    trial_runs = [r for r in runs if r.data.tags.get("clipsweep.role") != "sweep"]
+    assert len(trial_runs) == 48 and {r.info.status for r in trial_runs} == {"FINISHED"}
+    for run in trial_runs:
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "telemetry")} == {
+            "telemetry/steps.csv", "telemetry/grad_norm_histogram.json", "telemetry/grad_norm_histogram.png",
+        }  # fmt: skip
+        assert "val/loss" in run.data.metrics
