@@ -36,6 +36,8 @@ from clipsweep.telemetry import Telemetry
 from clipsweep.tracker import Tracker
 from clipsweep.training import Setup, add_validation_chunk, autocast
 
+_EVAL_ROWS = 64 * 512
+"""Members x validation examples evaluated at once (see ``BatchedTrainer.evaluate``)."""
 _SHARED_TRAIN = ("batch_size", "accumulate", "precision", "device")
 """``train`` keys every member of a batch shares (one forward per micro-batch, one device, one
 autocast); the others (seed, steps, eval_every, nonfinite, threads) stay per run."""
@@ -144,10 +146,13 @@ class BatchedTrainer:
             self.optimizers[k].step()
 
     @torch.no_grad()
-    def evaluate(self, active: Sequence[int] | None = None, chunk: int = 512) -> dict[int, dict[str, float]]:
+    def evaluate(self, active: Sequence[int] | None = None, chunk: int | None = None) -> dict[int, dict[str, float]]:
         """The validation metrics of the ``active`` members (all by default), by member index, in
-        ``Trainer.evaluate``'s chunks and weights."""
+        ``Trainer.evaluate``'s chunks (512 examples) and weights; past 64 members the chunk shrinks so
+        that members x chunk stays at 64 x 512 (evaluation, not training, is a batch's memory peak:
+        512 members x 512 examples held 16x a training step's activations)."""
         active = list(range(len(self.setups))) if active is None else list(active)
+        chunk = chunk or min(512, max(1, _EVAL_ROWS // len(active)))
         self.model.eval()
         x_all, y_all = self.setups[0].task.validation()
         totals: list[dict[str, Tensor]] = [{} for _ in active]

@@ -134,3 +134,17 @@ def test_batched_trainer_on_cuda_steps_without_host_sync_and_matches_the_cpu_bat
         on_cpu.step(step, range(4), cpu_telemetry)
     for theirs, ours in zip(on_cpu.model.weights, on_cuda.model.weights):
         torch.testing.assert_close(ours.detach().cpu(), theirs.detach(), rtol=1e-3, atol=1e-5)
+
+
+def test_batched_trainer_evaluates_large_batches_in_smaller_chunks_with_the_same_result(config) -> None:
+    # 80 members: the chunk shrinks from 512 to 409 examples (members x chunk bounded); the weighted
+    # chunks give the same metrics as one pass over the set.
+    configs = [config(*SHAPE, "task.val_size=600", f"train.seed={k}") for k in range(80)]
+    batch = BatchedTrainer([build(c) for c in configs])
+    seen, forward = [], batch.model.forward
+    batch.model.forward = lambda x, members=None: seen.append(x.shape[:2]) or forward(x, members)
+    bounded, whole = batch.evaluate([0, 41, 79]), batch.evaluate(list(range(80)))
+    assert seen[0] == (3, 512) and set(seen[2:]) <= {(80, 409), (80, 600 - 409)}  # 80 x 409 <= 64 x 512
+    single = batch.evaluate([0, 41, 79], chunk=600)
+    for k in (0, 41, 79):
+        assert whole[k] == pytest.approx(single[k], rel=1e-5) and bounded[k] == pytest.approx(single[k], rel=1e-5)
