@@ -131,8 +131,10 @@ class BatchedTrainer:
                 value = loss.detach().float()
                 loss_sums[k] = loss_sums[k] + value if k in loss_sums else value
         for k in active:
-            if telemetries[k].wants_layers(step):  # per-layer norms before clipping, as a lone run
+            layers = telemetries[k].wants_layers(step)
+            if layers or self.fused is None:  # the views carry the grads that are measured or clipped
                 self.model.attach_grads(k, self.views[k])
+            if layers:  # per-layer norms before clipping, as a lone run
                 telemetries[k].measure_layers(step, self.views[k])
         if self.fused is not None:
             stats = self.fused.clip()
@@ -141,7 +143,6 @@ class BatchedTrainer:
             self.fused.step(active)
             return
         for k in active:
-            self.model.attach_grads(k, self.views[k])
             telemetries[k].record(step, loss_sums[k], self.setups[k].clipper(self.views[k]))
             self.optimizers[k].step()
 

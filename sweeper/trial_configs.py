@@ -41,7 +41,7 @@ class TrialComposer:
             if structure is not None:
                 self._bases[structure] = copy.deepcopy(config)
             return config
-        return self._from(base, parsed)
+        return self._from(base, [o for o, part in zip(parsed, structure) if part[0] == "value"], parsed)
 
     def _structure(self, parsed: list[Override]) -> tuple[Any, ...] | None:
         """What decides the composition: group choices with their values, value keys without; None
@@ -62,13 +62,12 @@ class TrialComposer:
         key = override.key_or_group
         return override.package is not None or self.loader.repository.group_exists(key)
 
-    def _from(self, base: DictConfig, parsed: list[Override]) -> DictConfig:
-        """A copy of ``base`` carrying ``parsed``'s values, override lists and ``override_dirname``,
-        as ``_load_configuration_impl`` sets them."""
+    def _from(self, base: DictConfig, values: list[Override], parsed: list[Override]) -> DictConfig:
+        """A copy of ``base`` carrying ``values`` (``parsed``'s value overrides), ``parsed``'s override
+        lists and ``override_dirname``, as ``_load_configuration_impl`` sets them."""
         from hydra._internal.config_loader_impl import ConfigLoaderImpl, get_overrides_dirname
 
         config = copy.deepcopy(base)
-        values = [o for o in parsed if not self._is_group(o)]
         ConfigLoaderImpl._apply_overrides_to_config(values, config)
         task = [o for o in parsed if not o.is_hydra_override()]
         master_hydra = OmegaConf.to_container(self.master.hydra.overrides.hydra)
