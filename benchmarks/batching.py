@@ -15,7 +15,7 @@ directory with the same sampler seed; prints wall times, trials per hour and bot
 On a CPU the batch gains little (each step is compute-bound); the target is a GPU's (README).
 
     python benchmarks/batching.py [--members 1,4,16,64] [--steps 20] [--rounds 3] [--device auto]
-                                  [--sweep 64 --sweep-steps 1000]
+                                  [--sweep 64 --sweep-steps 1000 --sweep-baseline 12]
 """
 
 from __future__ import annotations
@@ -124,18 +124,22 @@ def _sweep(directory: Path, trials: int, steps: int, device: str, batched: bool)
     return seconds, study.best_value
 
 
-def sweep_comparison(trials: int, steps: int, device: str) -> None:
+def sweep_comparison(trials: int, steps: int, device: str, baseline: int) -> None:
+    """Trials per hour both ways; the one-at-a-time side may run fewer trials (``baseline``): its rate is
+    per trial, and 64 sequential trials cost minutes of a lent GPU."""
     with tempfile.TemporaryDirectory() as root:
         rows = {}
-        for name, batched in (("one trial at a time", False), (f"batched, n_jobs={trials}", True)):
+        for name, n, batched in (("one trial at a time", baseline, False), (f"batched, n_jobs={trials}", trials, True)):
             directory = Path(root) / name.split(",")[0].replace(" ", "_")
             directory.mkdir()
-            rows[name] = _sweep(directory, trials, steps, device, batched)
-    base = rows["one trial at a time"][0]
-    print(f"\n{trials}-trial sweep, {steps} steps per trial, device {device}:")
-    for name, (seconds, best) in rows.items():
-        print(f"  {name:<24} {seconds:8.1f} s  {trials * 3600 / seconds:9.0f} trials/h  "
-              f"x{base / seconds:5.2f}  best val/loss {best:.4g}")  # fmt: skip
+            rows[name] = (n, *_sweep(directory, n, steps, device, batched))
+    base_n, base_seconds, _ = rows["one trial at a time"]
+    base_rate = base_n * 3600 / base_seconds
+    print(f"\nsweeps of {steps} steps per trial, device {device}:")
+    for name, (n, seconds, best) in rows.items():
+        rate = n * 3600 / seconds
+        print(f"  {name:<24} {n:4d} trials {seconds:8.1f} s  {rate:9.0f} trials/h  "
+              f"x{rate / base_rate:5.2f}  best val/loss {best:.4g}")  # fmt: skip
 
 
 def main() -> None:
@@ -146,10 +150,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--sweep", type=int, default=0, help="also time an N-trial sweep both ways (0: skip)")
     parser.add_argument("--sweep-steps", type=int, default=1000)
+    parser.add_argument("--sweep-baseline", type=int, default=0, help="trials of the one-at-a-time sweep (0: --sweep)")
     args = parser.parse_args()
     step_curve([int(k) for k in args.members.split(",")], args.steps, args.rounds, args.device)
     if args.sweep:
-        sweep_comparison(args.sweep, args.sweep_steps, args.device)
+        sweep_comparison(args.sweep, args.sweep_steps, args.device, args.sweep_baseline or args.sweep)
 
 
 if __name__ == "__main__":
