@@ -66,9 +66,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         wall = _wall(run, Path(root))
         imports = _wall([sys.executable, "-c", "import clipsweep.cli, torch, mlflow, hydra"], Path(root))
-        init = _wall([sys.executable, "-c", "import torch; torch.zeros(1, device='cuda')"], Path(root)) - _wall(
-            [sys.executable, "-c", "import torch"], Path(root)
-        ) if torch.cuda.is_available() and args.device in ("auto", "cuda") else 0.0
+        init = (
+            _wall([sys.executable, "-c", "import torch; torch.zeros(1, device='cuda')"], Path(root))
+            - _wall([sys.executable, "-c", "import torch"], Path(root))
+            if torch.cuda.is_available() and args.device in ("auto", "cuda")
+            else 0.0
+        )
         steps, device = _steps_seconds(overrides, args.steps)
         print(f"device {device}, {args.steps} steps, default model")
         print(f"  clipsweep run, wall          {wall:7.2f} s")
