@@ -18,7 +18,7 @@ other, calibrate within 5% at <= 1/10 of the sweep's steps, both better than 1.0
 already optimal.
 
     python benchmarks/recommendation.py [--trials 20] [--seeds 3] [--sampler-seeds 0 1] [--settings ...]
-                                        [--store DIR]
+                                        [--store DIR] [--calibrate-only]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import tempfile
 import time
 
 import optuna
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from clipsweep.calibrate import CalibrateSettings, calibrate
@@ -148,6 +149,17 @@ def run_setting(name: str, overrides: list[str], trials: int, seeds: int, sample
     }
 
 
+def calibrate_only(name: str, overrides: list[str], seeds: int) -> None:
+    """``calibrate`` and its threshold on fresh seeds 1..K, without the sweeps (minutes, not the hour the
+    sweeps take): read against the table's sweep-best column, which the sweeps reproduce exactly."""
+    config = compose([*overrides, "tracking.enabled=false", "train.threads=1"])
+    calibration = calibrate(config, CalibrateSettings(), NullTracker())
+    resolved = OmegaConf.to_container(config, resolve=True)
+    value = mean_over_seeds(resolved, calibration.clip, list(range(1, seeds + 1)))
+    print(f"{calibration.describe(0)}\nCAL {name}: {value:.4g} ({calibration.threshold:.3g}), "
+          f"{calibration.steps} steps", flush=True)  # fmt: skip
+
+
 def main_benchmark() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=20, help="trials per sweep (20: the sweep's default)")
@@ -155,7 +167,12 @@ def main_benchmark() -> None:
     parser.add_argument("--sampler-seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--store", default=None, help="keep the sweeps' study here (and reuse finished ones)")
+    parser.add_argument("--calibrate-only", action="store_true", help="calibrate and its fresh seeds, no sweeps")
     args = parser.parse_args()
+    if args.calibrate_only:
+        for name in args.settings:
+            calibrate_only(name, SETTINGS[name], args.seeds)
+        return
     print(HEADER)
     with tempfile.TemporaryDirectory() as tmp:
         os.makedirs(args.store or tmp, exist_ok=True)

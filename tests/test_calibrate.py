@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from clipsweep.calibrate import CalibrateSettings, calibrate
+from clipsweep.calibrate import Arm, CalibrateSettings, calibrate
 from clipsweep.errors import ConfigError
 from clipsweep.tracker import NullTracker
 from clipsweep.tracking import make_tracker
@@ -25,7 +25,7 @@ TINY = ("model.hidden_size=8", "task.seq_len=10", "task.val_size=32", "train.bat
 def test_calibrate_anchors_the_grid_on_the_pilots_norms_and_spends_its_budget(config, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     base = config(*TINY, "train.steps=100", "optim.lr=0.2", "tracking.enabled=true", f"tracking.uri={uri}")
-    settings = CalibrateSettings(budget=1.0, pilot_share=0.2, grid=4, spread=2.0, transient=0.2)
+    settings = CalibrateSettings(budget=1.0, pilot_share=0.2, grid=4, spread=2.0, shift=0.5, transient=0.2)
     tracker = make_tracker(uri, "clipsweep", True)
     calibration = calibrate(base, settings, tracker)
     tracker.flush()
@@ -39,7 +39,7 @@ def test_calibrate_anchors_the_grid_on_the_pilots_norms_and_spends_its_budget(co
     norms = [float(r["grad/norm"]) for r in csv.DictReader(io.StringIO(text)) if int(r["step"]) >= 4]
     assert calibration.pilot.steps == 20 and calibration.histogram.count == len(norms) == 16
     median = np.percentile(norms, 50)
-    expected = median * np.logspace(-1, 1, 4)
+    expected = median * np.logspace(-1, 1, 4) / 10**0.5  # two decades, centred half a decade below the median
     thresholds = [a.threshold for a in calibration.arms]
     assert thresholds == pytest.approx(expected, rel=calibration.histogram.relative_error + 2e-3)
 
@@ -48,16 +48,46 @@ def test_calibrate_anchors_the_grid_on_the_pilots_norms_and_spends_its_budget(co
     assert calibration.steps == 20 + 2 * 13 + 2 * 26 <= 100
     finalists = [a for a in calibration.arms if len(a.scores) == 2]
     resolved = OmegaConf.to_container(base, resolve=True)
-    direct = {}
+    forecasts = {}
     for arm in finalists:  # the oracle: each finalist trained straight through, as a user would
         resolved |= {"clip": {"method": "norm", "threshold": arm.threshold, "norm_type": 2.0}}
-        resolved["train"] |= {"steps": 26, "eval_every": 13}
-        straight = train(build(OmegaConf.create(resolved)), NullTracker())
-        direct[arm.threshold] = straight.val["val/loss"]
-        assert arm.scores[-1] == (26, pytest.approx(direct[arm.threshold], rel=1e-6))
-    assert calibration.threshold == min(direct, key=direct.get)
+        curve = []
+        for steps in (6, 13, 19, 26):  # each rung's middle and end
+            resolved["train"] |= {"steps": steps, "eval_every": steps}
+            curve.append((steps, train(build(OmegaConf.create(resolved)), NullTracker()).val["val/loss"]))
+        assert arm.curve == [(t, pytest.approx(v, rel=1e-6)) for t, v in curve]
+        assert arm.scores == [(t, pytest.approx(v, rel=1e-6)) for t, v in (curve[1], curve[3])]
+        # The forecast: a power law through the points of the last doubling (13, 19, 26 steps),
+        # least squares in float64, read at train.steps.
+        late = np.array(curve[1:], dtype=np.float64)
+        slope, intercept = np.polyfit(np.log(late[:, 0]), np.log(late[:, 1]), 1)
+        forecasts[arm.threshold] = math.exp(intercept + slope * math.log(100))
+        assert arm.forecast(100) == pytest.approx(forecasts[arm.threshold], rel=1e-6)
+    assert calibration.threshold == min(forecasts, key=forecasts.get)
+    for arm in calibration.arms:  # the others were ranked by their first rung's value
+        if arm not in finalists:
+            assert arm.forecast(100) == arm.scores[0][1]
     assert calibration.clip == {"method": "norm", "threshold": calibration.threshold, "norm_type": 2.0}
     assert "of the steps of a sweep with 2000 trial-steps" in calibration.describe(2000)
+
+
+def test_arm_forecast_ranks_by_where_the_curve_is_heading() -> None:
+    stalled = Arm(0.25, curve=[(50, 2.0), (100, 1.0), (150, 1.0), (200, 1.0)])
+    steady = Arm(0.05, curve=[(50, 2.0), (100, 1.6), (150, 1.4), (200, 1.25)])
+    assert steady.curve[-1][1] > stalled.curve[-1][1]  # behind at 200 steps ...
+    assert steady.forecast(1200) < stalled.forecast(1200)  # ... ahead where the run ends
+    # Only the last doubling counts (100-200 steps): its early drop from 2.0 does not carry the stalled arm.
+    assert stalled.forecast(1200) == pytest.approx(1.0)
+    # An exact power law is read off exactly; at the curve's end there is nothing to extrapolate.
+    power = Arm(1.0, curve=[(t, 3.0 * t**-0.5) for t in (120, 180, 240)])
+    assert power.forecast(960) == pytest.approx(3.0 * 960**-0.5)
+    assert power.forecast(240) == pytest.approx(3.0 * 240**-0.5)
+    # Accuracy is maximised: its badness is 1 - accuracy; a diverged arm is worst.
+    accuracy = Arm(1.0, objective="val/accuracy", curve=[(100, 0.5), (150, 1 - 0.5 / 1.5), (200, 0.75)])
+    assert accuracy.forecast(800) == pytest.approx(0.25 / 4)  # badness 50 / steps
+    # Two points are one noisy difference: the first rung's arms are ranked by their last value.
+    assert Arm(1.0, curve=[(25, 2.0), (51, 1.0)]).forecast(1000) == 1.0
+    assert Arm(1.0, curve=[(100, 0.5), (200, math.nan)]).forecast(800) == math.inf
 
 
 def test_calibrate_refuses_a_pilot_without_finite_norms(config) -> None:
