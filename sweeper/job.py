@@ -6,6 +6,9 @@ other processes (joblib, Ray, submitit) pickles it by this module's name.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +19,25 @@ if TYPE_CHECKING:
     from clipsweep.study import TrialReporter
     from clipsweep.tracker import Tracker
     from clipsweep.training import Setup
+
+
+_OUTLIVED = contextvars.ContextVar("clipsweep_job_outlived", default=False)
+
+
+@contextlib.contextmanager
+def outlived_by_this_process() -> Iterator[None]:
+    """Jobs run inside this block run in the sweep's own process, which outlives them.
+
+    A job's MLflow writes finish on a background thread after it returns, so that the sweep's next
+    trial trains meanwhile; only a process that stays alive may leave them so. A job on a joblib,
+    Ray or submitit worker waits for its writes instead: the engine may end its worker as soon as
+    the sweep has its result (a Ray worker killed at the sweep's end left its trial's run RUNNING).
+    """
+    token = _OUTLIVED.set(True)
+    try:
+        yield
+    finally:
+        _OUTLIVED.reset(token)
 
 
 def _format_summary(result: RunResult) -> str:
@@ -118,4 +140,8 @@ def _run_job(config: DictConfig) -> dict[str, Any]:
     from clipsweep.training import train
 
     job = prepare_job(config)
-    return job_result(job, train(job.setup, job.tracker, **job.train_arguments()))
+    returned = job_result(job, train(job.setup, job.tracker, **job.train_arguments()))
+    if not _OUTLIVED.get():
+        with contextlib.suppress(RuntimeError):  # a failed write was logged where it failed; the result stands
+            job.tracker.flush()
+    return returned

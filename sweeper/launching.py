@@ -28,6 +28,7 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from clipsweep.errors import ConfigError
+from clipsweep.job import outlived_by_this_process
 from clipsweep.names import STORAGE_ENV, TRACKING_PIN_ENV
 from clipsweep.storage import absolute_url, mask_url
 
@@ -207,13 +208,14 @@ def run_here(hydra_context: Any, task_function: Any, config: DictConfig) -> JobR
     directory, its ``.hydra`` files, its ``env_set``; a raising task is a failed JobReturn."""
     from hydra.core.utils import run_job
 
-    return run_job(
-        hydra_context=hydra_context,
-        task_function=task_function,
-        config=config,
-        job_dir_key="hydra.sweep.dir",
-        job_subdir_key="hydra.sweep.subdir",
-    )
+    with outlived_by_this_process():
+        return run_job(
+            hydra_context=hydra_context,
+            task_function=task_function,
+            config=config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
 
 
 def _launch_on_ray(launcher: Any, batch: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
