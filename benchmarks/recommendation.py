@@ -151,7 +151,8 @@ def run_setting(name: str, overrides: list[str], trials: int, seeds: int, sample
 
 def calibrate_only(name: str, overrides: list[str], seeds: int) -> None:
     """``calibrate`` and its threshold on fresh seeds 1..K, without the sweeps (minutes, not the hour the
-    sweeps take): read against the table's sweep-best column, which the sweeps reproduce exactly."""
+    sweeps take): read against a sweep-best column measured on the same code (the sweeps reproduce it
+    exactly there; on other code they may not: these tasks amplify rounding)."""
     config = compose([*overrides, "tracking.enabled=false", "train.threads=1"])
     calibration = calibrate(config, CalibrateSettings(), NullTracker())
     resolved = OmegaConf.to_container(config, resolve=True)
