@@ -11,6 +11,8 @@ import contextlib
 import logging
 import os
 import queue
+import shutil
+import sqlite3
 import tempfile
 import threading
 import time
@@ -95,6 +97,74 @@ def _sqlite_creation_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` store (None for any other store, or an in-memory one)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _template_path() -> Path:
+    """An empty store of this MLflow version, migrated once per machine (the user's cache)."""
+    import mlflow
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "clipsweep" / f"mlflow-{mlflow.__version__}-empty.db"
+
+
+def _seed_sqlite_store(path: Path) -> bool:
+    """Start a new SQLite store as a copy of the empty template; False when there is none yet.
+
+    MLflow creates a store by running every schema migration since its first release: ~5 s on a
+    2-core machine, paid by each new directory's first run (a user's first ``clipsweep run``, each
+    test's store), where a copy takes milliseconds. The template holds MLflow's tables, schema
+    version and workspace, and no experiment: MLflow then adds its Default experiment itself, with
+    artifacts under the new store's own directory, exactly as in a store it created.
+    """
+    try:
+        template = _template_path()
+        if not template.is_file() or _schema_revision(template) != _latest_schema_revision():
+            return False
+        shutil.copyfile(template, path)
+    except Exception as err:  # a template is only a shortcut: MLflow creates the store as before
+        _log.debug("MLflow store not seeded from a template: %s", err)
+        path.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def _save_template(path: Path) -> None:
+    """Keep an empty copy of a store MLflow has just created (only its experiments are removed)."""
+    partial = None
+    try:
+        template = _template_path()
+        template.parent.mkdir(parents=True, exist_ok=True)
+        partial = template.with_name(f"{template.name}.{os.getpid()}.tmp")
+        with contextlib.closing(sqlite3.connect(path)) as source, contextlib.closing(sqlite3.connect(partial)) as copy:
+            source.backup(copy)
+            with copy:
+                copy.execute("DELETE FROM experiment_tags")
+                copy.execute("DELETE FROM experiments")
+        os.replace(partial, template)  # atomic: a process copying the template reads a whole one
+    except Exception as err:  # an unwritable cache: every new store is created by MLflow, as before
+        _log.debug("no MLflow store template kept: %s", err)
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+
+
+def _schema_revision(path: Path) -> str | None:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    return row[0] if row else None
+
+
+def _latest_schema_revision() -> str:
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return str(_get_latest_schema_revision())
+
+
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 """The experiment tag the MLflow UI reads to choose between its model-training and GenAI views."""
 
@@ -138,6 +208,12 @@ class MlflowTracker(Tracker):
         key = (store, self.experiment_name)
         if key not in _EXPERIMENT_IDS:  # one lookup per process: a sweep starts many runs
             with _sqlite_creation_lock(store):
+                path = _sqlite_file(store)
+                new = path is not None and (not path.exists() or path.stat().st_size == 0)
+                seeded = new and _seed_sqlite_store(path)
+                if new and not seeded:  # MLflow creates it (migrations), then it seeds the next ones
+                    self.client.search_experiments(max_results=1)
+                    _save_template(path)
                 _EXPERIMENT_IDS[key] = self._find_or_create_experiment()
         return _EXPERIMENT_IDS[key]
 
