@@ -11,8 +11,6 @@ import contextlib
 import logging
 import os
 import queue
-import shutil
-import sqlite3
 import tempfile
 import threading
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from clipsweep import store_template
 from clipsweep.errors import ConfigError
 from clipsweep.storage import absolute_url
 from clipsweep.tracker import NullTracker, Tracker
@@ -105,58 +104,10 @@ def _sqlite_file(uri: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
-def _template_path() -> Path:
-    """An empty store of this MLflow version, migrated once per machine (the user's cache)."""
+def _mlflow_version() -> str:
     import mlflow
 
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "clipsweep" / f"mlflow-{mlflow.__version__}-empty.db"
-
-
-def _seed_sqlite_store(path: Path) -> bool:
-    """Start a new SQLite store as a copy of the empty template; False when there is none yet.
-
-    MLflow creates a store by running every schema migration since its first release: ~5 s on a
-    2-core machine, paid by each new directory's first run (a user's first ``clipsweep run``, each
-    test's store), where a copy takes milliseconds. The template holds MLflow's tables, schema
-    version and workspace, and no experiment: MLflow then adds its Default experiment itself, with
-    artifacts under the new store's own directory, exactly as in a store it created.
-    """
-    try:
-        template = _template_path()
-        if not template.is_file() or _schema_revision(template) != _latest_schema_revision():
-            return False
-        shutil.copyfile(template, path)
-    except Exception as err:  # a template is only a shortcut: MLflow creates the store as before
-        _log.debug("MLflow store not seeded from a template: %s", err)
-        path.unlink(missing_ok=True)
-        return False
-    return True
-
-
-def _save_template(path: Path) -> None:
-    """Keep an empty copy of a store MLflow has just created (only its experiments are removed)."""
-    partial = None
-    try:
-        template = _template_path()
-        template.parent.mkdir(parents=True, exist_ok=True)
-        partial = template.with_name(f"{template.name}.{os.getpid()}.tmp")
-        with contextlib.closing(sqlite3.connect(path)) as source, contextlib.closing(sqlite3.connect(partial)) as copy:
-            source.backup(copy)
-            with copy:
-                copy.execute("DELETE FROM experiment_tags")
-                copy.execute("DELETE FROM experiments")
-        os.replace(partial, template)  # atomic: a process copying the template reads a whole one
-    except Exception as err:  # an unwritable cache: every new store is created by MLflow, as before
-        _log.debug("no MLflow store template kept: %s", err)
-        if partial is not None:
-            partial.unlink(missing_ok=True)
-
-
-def _schema_revision(path: Path) -> str | None:
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        row = db.execute("SELECT version_num FROM alembic_version").fetchone()
-    return row[0] if row else None
+    return str(mlflow.__version__)
 
 
 def _latest_schema_revision() -> str:
@@ -210,10 +161,10 @@ class MlflowTracker(Tracker):
             with _sqlite_creation_lock(store):
                 path = _sqlite_file(store)
                 new = path is not None and (not path.exists() or path.stat().st_size == 0)
-                seeded = new and _seed_sqlite_store(path)
+                seeded = new and store_template.seed(path, _mlflow_version(), _latest_schema_revision)
                 if new and not seeded:  # MLflow creates it (migrations), then it seeds the next ones
                     self.client.search_experiments(max_results=1)
-                    _save_template(path)
+                    store_template.keep(path, _mlflow_version())
                 _EXPERIMENT_IDS[key] = self._find_or_create_experiment()
         return _EXPERIMENT_IDS[key]
 

@@ -31,7 +31,7 @@ def _schema(store: Path) -> list[tuple[str, str, str]]:
         return db.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
 
 
-def test_mlflow_tracker_seeds_a_new_sqlite_store_from_the_template_mlflow_made(
+def test_store_template_seeds_a_new_store_as_mlflow_would_have_made_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -61,7 +61,7 @@ def test_mlflow_tracker_seeds_a_new_sqlite_store_from_the_template_mlflow_made(
         assert client.get_experiment(run.info.experiment_id).name == "clipsweep"
 
 
-def test_mlflow_tracker_creates_the_store_itself_when_the_cache_is_unwritable(
+def test_store_template_leaves_mlflow_to_create_the_store_when_the_cache_is_unwritable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     blocked = tmp_path / "cache"
