@@ -33,7 +33,7 @@ import tempfile
 import time
 
 import optuna
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from clipsweep.calibrate import CalibrateSettings, calibrate
@@ -136,8 +136,7 @@ def run_setting(name: str, overrides: list[str], trials: int, seeds: int, sample
     sweeps = [run_sweep(name, overrides, trials, seeds, s) for s in sampler_seeds]
     config = sweeps[0]["config"]
     validation_seeds = list(range(1, seeds + 1))
-    calibration = calibrate(compose([*overrides, "tracking.enabled=false", "train.threads=1"]), CalibrateSettings(),
-                            NullTracker())  # fmt: skip
+    calibration = calibrate(_untracked(overrides), CalibrateSettings(), NullTracker())
     print(calibration.describe(sweeps[0]["sweep_steps"]), flush=True)
     return {
         "sweeps": sweeps,
@@ -149,11 +148,16 @@ def run_setting(name: str, overrides: list[str], trials: int, seeds: int, sample
     }
 
 
+def _untracked(overrides: list[str]) -> DictConfig:
+    """A setting's config as calibrate runs it here: tracking off, one torch thread."""
+    return compose([*overrides, "tracking.enabled=false", "train.threads=1"])
+
+
 def calibrate_only(name: str, overrides: list[str], seeds: int) -> None:
     """``calibrate`` and its threshold on fresh seeds 1..K, without the sweeps (minutes, not the hour the
     sweeps take): read against a sweep-best column measured on the same code (the sweeps reproduce it
     exactly there; on other code they may not: these tasks amplify rounding)."""
-    config = compose([*overrides, "tracking.enabled=false", "train.threads=1"])
+    config = _untracked(overrides)
     calibration = calibrate(config, CalibrateSettings(), NullTracker())
     resolved = OmegaConf.to_container(config, resolve=True)
     value = mean_over_seeds(resolved, calibration.clip, list(range(1, seeds + 1)))

@@ -84,11 +84,11 @@ def _sqlite_creation_lock(uri: str) -> Iterator[None]:
     MLflow creates and migrates a new SQLite store on first use; four workers starting together
     otherwise race through the migrations ("table _alembic_tmp_params already exists").
     """
-    if not uri.startswith("sqlite:///") or fcntl is None:
+    path = _sqlite_file(uri)
+    if path is None or fcntl is None:  # an in-memory store has nothing to migrate twice
         yield
         return
-    lock_path = uri[len("sqlite:///") :] + ".lock"
-    with open(lock_path, "a") as handle:
+    with open(f"{path}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -161,10 +161,11 @@ class MlflowTracker(Tracker):
             with _sqlite_creation_lock(store):
                 path = _sqlite_file(store)
                 new = path is not None and (not path.exists() or path.stat().st_size == 0)
-                seeded = new and store_template.seed(path, _mlflow_version(), _latest_schema_revision)
+                version = _mlflow_version() if new else ""
+                seeded = new and store_template.seed(path, version, _latest_schema_revision)
                 if new and not seeded:  # MLflow creates it (migrations), then it seeds the next ones
                     self.client.search_experiments(max_results=1)
-                    store_template.keep(path, _mlflow_version())
+                    store_template.keep(path, version)
                 _EXPERIMENT_IDS[key] = self._find_or_create_experiment()
         return _EXPERIMENT_IDS[key]
 
