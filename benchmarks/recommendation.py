@@ -18,7 +18,7 @@ other, calibrate within 5% at <= 1/10 of the sweep's steps, both better than 1.0
 already optimal.
 
     python benchmarks/recommendation.py [--trials 20] [--seeds 3] [--sampler-seeds 0 1] [--settings ...]
-                                        [--store DIR] [--calibrate-only]
+                                        [--store DIR] [--calibrate-only] [--sweep-overrides KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -104,12 +104,12 @@ def mean_over_seeds(config: dict, clip: dict | None, seeds: list[int]) -> float:
     return statistics.fmean(finite) if len(finite) == len(values) else math.nan
 
 
-def run_sweep(name: str, overrides: list[str], trials: int, seeds: int, sampler_seed: int) -> dict:
+def run_sweep(name: str, overrides: list[str], trials: int, seeds: int, sampler_seed: int, extra: list[str]) -> dict:
     study_name = f"bench-{name}-{sampler_seed}"
     started = time.perf_counter()
     sweep = ["sweep", *overrides, "search=threshold", f"hydra.sweeper.n_trials={trials}",
              f"hydra.sweeper.study_name={study_name}", f"hydra.sweeper.seed={sampler_seed}", "tracking.enabled=false",
-             "train.threads=1"]  # fmt: skip
+             "train.threads=1", *extra]  # fmt: skip
     # A kept sweep (--store) is reused: a change of the rule is then measured on the same trials.
     assert main(sweep) == 0, f"the {name} sweep failed"
     study = optuna.load_study(study_name=study_name, storage="sqlite:///clipsweep.db")
@@ -132,8 +132,10 @@ def run_sweep(name: str, overrides: list[str], trials: int, seeds: int, sampler_
     return row
 
 
-def run_setting(name: str, overrides: list[str], trials: int, seeds: int, sampler_seeds: list[int]) -> dict:
-    sweeps = [run_sweep(name, overrides, trials, seeds, s) for s in sampler_seeds]
+def run_setting(
+    name: str, overrides: list[str], trials: int, seeds: int, sampler_seeds: list[int], extra: list[str]
+) -> dict:
+    sweeps = [run_sweep(name, overrides, trials, seeds, s, extra) for s in sampler_seeds]
     config = sweeps[0]["config"]
     validation_seeds = list(range(1, seeds + 1))
     calibration = calibrate(_untracked(overrides), CalibrateSettings(), NullTracker())
@@ -173,6 +175,7 @@ def main_benchmark() -> None:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--store", default=None, help="keep the sweeps' study here (and reuse finished ones)")
     parser.add_argument("--calibrate-only", action="store_true", help="calibrate and its fresh seeds, no sweeps")
+    parser.add_argument("--sweep-overrides", nargs="*", default=[], help="appended to every sweep (not calibrate)")
     args = parser.parse_args()
     if args.calibrate_only:
         for name in args.settings:
@@ -184,7 +187,9 @@ def main_benchmark() -> None:
         os.chdir(args.store or tmp)
         _load_cache()
         for name in args.settings:  # each row as soon as its setting is done: a long run can be read early
-            row = table_row(name, run_setting(name, SETTINGS[name], args.trials, args.seeds, args.sampler_seeds))
+            runs = (args.trials, args.seeds, args.sampler_seeds, args.sweep_overrides)
+            setting = run_setting(name, SETTINGS[name], *runs)
+            row = table_row(name, setting)
             print(f"ROW {row}", flush=True)
     print(f"mean over fresh seeds 1..{args.seeds} of val/loss (regression) or 1 - val/accuracy (classification); "
           f"best again: the best trial's config on seeds {args.seeds + 1}..{2 * args.seeds}")  # fmt: skip

@@ -116,7 +116,8 @@ def prepare_job(config: DictConfig, storages: dict[tuple[Any, ...], Any] | None 
     sweeper_config = None
     if HydraConfig.initialized():
         sweeper_config = OmegaConf.to_container(HydraConfig.get().sweeper, resolve=True)
-    return PreparedJob(config, setup, tracker, TrialReporter.from_environment(sweeper_config, storages))
+    reporter = TrialReporter.from_environment(sweeper_config, int(config.train.steps), storages)
+    return PreparedJob(config, setup, tracker, reporter)
 
 
 def job_result(job: PreparedJob, result: RunResult) -> dict[str, Any]:

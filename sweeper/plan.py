@@ -158,13 +158,17 @@ def _budget(settings: Mapping[str, Any]) -> tuple[int, int, float, float | None]
 def _components(
     settings: Mapping[str, Any], space: SearchSpace
 ) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
-    """The sampler (seeded by ``seed`` unless its config has one; a grid sampler gets the grid) and pruner."""
+    """The sampler (seeded by ``seed`` unless its config has one; a grid sampler gets the grid) and pruner
+    (with the warm-up its jobs apply, checked)."""
     sampler_node = OmegaConf.create(settings["sampler"])
     if settings["seed"] is not None and sampler_node.get("seed") is None:
         sampler_node.seed = int(settings["seed"])
     extra = {"search_space": space.grid()} if str(sampler_node.get("_target_", "")).endswith("GridSampler") else {}
     sampler = instantiate_node("hydra.sweeper.sampler", sampler_node, **extra)
     _require_lazy_imports("hydra.sweeper.sampler", sampler)
+    warmup = settings["pruning_warmup"]
+    if not 0.0 <= float(warmup) < 1.0:
+        raise ConfigError("hydra.sweeper.pruning_warmup", warmup, "a fraction of train.steps in [0, 1)")
     return sampler, instantiate_node("hydra.sweeper.pruner", OmegaConf.create(settings["pruner"]))
 
 

@@ -159,6 +159,10 @@ class SweeperConf:
     """Trials launched together (a batch); parallel with a parallel launcher such as joblib."""
     max_failure_rate: float = 0.25
     """The sweep stops once failed trials exceed this fraction of n_trials."""
+    pruning_warmup: float = 0.33
+    """Fraction of each trial's ``train.steps`` before its pruner is asked (reports still land): an
+    RNN's early losses say little about where it ends. The pruner's own ``n_warmup_steps`` (in
+    steps, 0 by default) applies as well."""
     params: dict[str, Any] = field(default_factory=dict)
     """The search space: key: distribution (``interval``, ``choice``, ``range``, ``tag(log, ...)``)."""
     conditional: dict[str, Any] = field(default_factory=dict)

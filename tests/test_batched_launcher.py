@@ -45,8 +45,9 @@ def test_batched_launcher_sweep_gives_each_trial_what_it_gets_alone(tmp_path: Pa
 
 
 def test_batched_launcher_prunes_members_from_their_own_reports(tmp_path: Path) -> None:
-    # ThresholdPruner(upper=0) prunes each trial at its first report: the batch keeps training the
-    # others' slices, and each pruned trial's run ends KILLED at that step.
+    # ThresholdPruner(upper=0) prunes each trial the first time it is asked (after pruning_warmup, a
+    # third of 30 steps): the batch keeps training the others' slices, and each pruned trial's run
+    # ends KILLED at that step.
     run_sweep(
         tmp_path, *SWEEP, "hydra.sweeper.study_name=p", "hydra/launcher=batched",
         "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.upper=0.0",
@@ -55,9 +56,9 @@ def test_batched_launcher_prunes_members_from_their_own_reports(tmp_path: Path) 
     assert [t.state for t in trials] == [TrialState.PRUNED] * 3
     client, _ = mlflow_runs(tmp_path)
     for trial in trials:
-        assert list(trial.intermediate_values) == [5]
+        assert list(trial.intermediate_values) == [5, 10]
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
-        assert (run.info.status, run.data.tags["clipsweep.steps_done"]) == ("KILLED", "5")
+        assert (run.info.status, run.data.tags["clipsweep.steps_done"]) == ("KILLED", "10")
 
 
 def test_batched_launcher_runs_jobs_that_cannot_share_alone_and_says_why(tmp_path: Path) -> None:

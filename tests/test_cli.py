@@ -199,6 +199,7 @@ BAD_INPUT = [
     _fresh("sweep", "hydra.sweeper.direction=[minimize,maximize]", named="hydra.sweeper.objective"),
     _fresh("sweep", "hydra.sweeper.n_trials=0", named="hydra.sweeper.n_trials=0"),
     _fresh("sweep", "hydra.sweeper.max_failure_rate=2", named="hydra.sweeper.max_failure_rate"),
+    _fresh("sweep", "hydra.sweeper.pruning_warmup=1.5", named="hydra.sweeper.pruning_warmup=1.5"),
     _fresh(
         "sweep", "hydra.sweeper.storage=postgresql://clipsweep:secret@127.0.0.1:1/none", named="hydra.sweeper.storage="
     ),

@@ -140,7 +140,7 @@ def test_sweep_prunes_hopeless_trials_from_their_intermediate_values(tmp_path: P
     assert trials[0].state == TrialState.COMPLETE
     pruned = trials[1]
     assert pruned.state == TrialState.PRUNED
-    assert pruned.intermediate_values and max(pruned.intermediate_values) < 20
+    assert sorted(pruned.intermediate_values) == [5, 10]  # asked from 10 on: pruning_warmup 0.33 x 20 steps
     assert pruned.user_attrs["clipsweep.status"] == "stopped"
     client, _ = mlflow_runs(tmp_path)
     run = client.get_run(pruned.user_attrs["mlflow_run_id"])
@@ -149,8 +149,8 @@ def test_sweep_prunes_hopeless_trials_from_their_intermediate_values(tmp_path: P
 
 
 def test_sweep_prunes_across_processes_with_the_joblib_launcher(tmp_path: Path) -> None:
-    # ThresholdPruner(upper=0) prunes any trial at its first report: deterministic, so what this
-    # checks is that reports and the pruner's answer cross from the joblib worker processes.
+    # ThresholdPruner(upper=0) prunes any trial the first time it is asked: deterministic, so what this
+    # checks is that reports, the warm-up and the pruner's answer cross from the joblib worker processes.
     args = (
         "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.study_name=jl", "search=threshold",
         "hydra/sweeper/pruner=threshold", "hydra.sweeper.pruner.upper=0.0", "hydra.sweeper.n_trials=2",
@@ -160,10 +160,11 @@ def test_sweep_prunes_across_processes_with_the_joblib_launcher(tmp_path: Path) 
     assert [t.state for t in trials] == [TrialState.PRUNED] * 2
     client, _ = mlflow_runs(tmp_path)
     for trial in trials:
-        assert list(trial.intermediate_values) == [5]  # reported from a worker process, then stopped
+        # Reported from a worker process at 5 (inside pruning_warmup: a third of 20 steps), stopped at 10.
+        assert list(trial.intermediate_values) == [5, 10]
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         assert run.data.tags["clipsweep.trial_state"] == "PRUNED"
-        assert run.data.tags["clipsweep.steps_done"] == "5"
+        assert run.data.tags["clipsweep.steps_done"] == "10"
 
 
 def test_sweep_survives_raising_nan_and_diverging_trials(tmp_path: Path) -> None:
