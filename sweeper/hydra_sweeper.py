@@ -117,7 +117,8 @@ class OptunaSweeper(Sweeper):
             # One parent per invocation: workers and resumptions of one study get told apart.
             f"sweep-{plan.study_name}-{datetime.now():%m%d-%H%M%S}-p{os.getpid()}",
             params={f"search.{p.name}": p.distribution for p in plan.space.parameters}
-            | {f"fixed.{i}": o for i, o in enumerate(plan.space.fixed)},
+            | {f"fixed.{i}": o for i, o in enumerate(plan.space.fixed)}
+            | {"pruning_warmup": plan.pruning_warmup},
             tags={
                 STUDY_TAG: plan.study_name,
                 STORAGE_TAG: mask_url(plan.storage_url),
@@ -135,7 +136,8 @@ class OptunaSweeper(Sweeper):
             print(
                 f"[clipsweep] study {plan.study_name!r} on {mask_url(plan.storage_url)}: "
                 f"{len(studies.counted_trials(study))}/{plan.n_trials} trials already there; "
-                f"sampler {sampler_name}, pruner {type(plan.pruner).__name__}",
+                f"sampler {sampler_name}, pruner {type(plan.pruner).__name__} "
+                f"(asked after {plan.pruning_warmup:.0%} of each trial's steps)",
                 flush=True,
             )
             message = self._loop(plan, study, parent)

@@ -42,6 +42,7 @@ class SweepPlan:
     objectives: list[str]
     sampler: optuna.samplers.BaseSampler
     pruner: optuna.pruners.BasePruner
+    pruning_warmup: float
     storage_url: str
     study_name: str
     n_trials: int
@@ -112,6 +113,7 @@ def plan_sweep(settings: Mapping[str, Any], arguments: Sequence[str]) -> SweepPl
         objectives=objectives,
         sampler=sampler,
         pruner=pruner,
+        pruning_warmup=float(settings["pruning_warmup"]),
         storage_url=url,
         study_name=str(study_name),
         n_trials=n_trials,

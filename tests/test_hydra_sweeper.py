@@ -53,6 +53,7 @@ def _faulty_setup(tmp_path: Path) -> dict[str, str]:
 def test_sweep_records_study_parent_and_child_runs_and_results(tmp_path: Path) -> None:
     done = run_sweep(tmp_path, "hydra.sweeper.n_trials=4", "hydra.sweeper.study_name=s1", "hydra.sweeper.seed=1")
     assert "[clipsweep] trials 4/4 done" in done.stdout and "top 4 of 4 completed trials" in done.stdout
+    assert "pruner MedianPruner (asked after 33% of each trial's steps)" in done.stdout
     assert "#3 : " in done.stdout + done.stderr and "env_set" not in done.stdout + done.stderr  # no plumbing echoed
 
     study = load_study(tmp_path, "s1")
@@ -71,6 +72,7 @@ def test_sweep_records_study_parent_and_child_runs_and_results(tmp_path: Path) -
     assert parent.data.tags["clipsweep.sampler"] == "TPESampler"
     assert parent.data.tags["clipsweep.pruner"] == "MedianPruner"
     assert "search.clip.threshold" in parent.data.params
+    assert parent.data.params["pruning_warmup"] == "0.33"  # what decided the pruned trials, beside them
     assert parent.data.metrics["best/value"] == pytest.approx(study.best_value)
     assert parent.data.tags["clipsweep.best_trial_number"] == str(study.best_trial.number)
     assert float(parent.data.params["best.clip.threshold"]) == pytest.approx(study.best_params["clip.threshold"])
