@@ -187,8 +187,9 @@ def main_benchmark() -> None:
         os.chdir(args.store or tmp)
         _load_cache()
         for name in args.settings:  # each row as soon as its setting is done: a long run can be read early
-            runs = (args.trials, args.seeds, args.sampler_seeds, args.sweep_overrides)
-            setting = run_setting(name, SETTINGS[name], *runs)
+            setting = run_setting(
+                name, SETTINGS[name], args.trials, args.seeds, args.sampler_seeds, args.sweep_overrides
+            )
             row = table_row(name, setting)
             print(f"ROW {row}", flush=True)
     print(f"mean over fresh seeds 1..{args.seeds} of val/loss (regression) or 1 - val/accuracy (classification); "

@@ -86,6 +86,7 @@ def plan_sweep(settings: Mapping[str, Any], arguments: Sequence[str]) -> SweepPl
     directions, objectives = _objectives(settings)
     n_trials, n_jobs, rate, timeout = _budget(settings)
     sampler, pruner = _components(settings, space)
+    pruning_warmup = _pruning_warmup(settings)
     custom = settings["custom_search_space"]
     custom_fn = None
     if custom:
@@ -113,7 +114,7 @@ def plan_sweep(settings: Mapping[str, Any], arguments: Sequence[str]) -> SweepPl
         objectives=objectives,
         sampler=sampler,
         pruner=pruner,
-        pruning_warmup=float(settings["pruning_warmup"]),
+        pruning_warmup=pruning_warmup,
         storage_url=url,
         study_name=str(study_name),
         n_trials=n_trials,
@@ -160,18 +161,22 @@ def _budget(settings: Mapping[str, Any]) -> tuple[int, int, float, float | None]
 def _components(
     settings: Mapping[str, Any], space: SearchSpace
 ) -> tuple[optuna.samplers.BaseSampler, optuna.pruners.BasePruner]:
-    """The sampler (seeded by ``seed`` unless its config has one; a grid sampler gets the grid) and pruner
-    (with the warm-up its jobs apply, checked)."""
+    """The sampler (seeded by ``seed`` unless its config has one; a grid sampler gets the grid) and pruner."""
     sampler_node = OmegaConf.create(settings["sampler"])
     if settings["seed"] is not None and sampler_node.get("seed") is None:
         sampler_node.seed = int(settings["seed"])
     extra = {"search_space": space.grid()} if str(sampler_node.get("_target_", "")).endswith("GridSampler") else {}
     sampler = instantiate_node("hydra.sweeper.sampler", sampler_node, **extra)
     _require_lazy_imports("hydra.sweeper.sampler", sampler)
+    return sampler, instantiate_node("hydra.sweeper.pruner", OmegaConf.create(settings["pruner"]))
+
+
+def _pruning_warmup(settings: Mapping[str, Any]) -> float:
+    """The fraction of each trial's steps its jobs train before asking the pruner, checked."""
     warmup = settings["pruning_warmup"]
     if not 0.0 <= float(warmup) < 1.0:
         raise ConfigError("hydra.sweeper.pruning_warmup", warmup, "a fraction of train.steps in [0, 1)")
-    return sampler, instantiate_node("hydra.sweeper.pruner", OmegaConf.create(settings["pruner"]))
+    return float(warmup)
 
 
 def open_planned_study(plan: SweepPlan) -> optuna.Study:

@@ -78,20 +78,21 @@ def check_tracking_uri(uri: str) -> None:
 
 
 @contextlib.contextmanager
-def _sqlite_creation_lock(uri: str) -> Iterator[None]:
-    """Serialise the first touch of a SQLite store across local processes.
+def _sqlite_creation_lock(uri: str) -> Iterator[Path | None]:
+    """Serialise the first touch of a SQLite store across local processes; gives the store's file
+    (None for any other store).
 
     MLflow creates and migrates a new SQLite store on first use; four workers starting together
     otherwise race through the migrations ("table _alembic_tmp_params already exists").
     """
     path = _sqlite_file(uri)
     if path is None or fcntl is None:  # an in-memory store has nothing to migrate twice
-        yield
+        yield path
         return
     with open(f"{path}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            yield path
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
@@ -158,14 +159,13 @@ class MlflowTracker(Tracker):
         store = self._store()
         key = (store, self.experiment_name)
         if key not in _EXPERIMENT_IDS:  # one lookup per process: a sweep starts many runs
-            with _sqlite_creation_lock(store):
-                path = _sqlite_file(store)
-                new = path is not None and (not path.exists() or path.stat().st_size == 0)
-                version = _mlflow_version() if new else ""
-                seeded = new and store_template.seed(path, version, _latest_schema_revision)
-                if new and not seeded:  # MLflow creates it (migrations), then it seeds the next ones
-                    self.client.search_experiments(max_results=1)
-                    store_template.keep(path, version)
+            with _sqlite_creation_lock(store) as path:
+                if path is not None and (not path.exists() or path.stat().st_size == 0):
+                    version = _mlflow_version()
+                    if not store_template.seed(path, version, _latest_schema_revision):
+                        # MLflow creates it (migrations), then it seeds the next ones.
+                        self.client.search_experiments(max_results=1)
+                        store_template.keep(path, version)
                 _EXPERIMENT_IDS[key] = self._find_or_create_experiment()
         return _EXPERIMENT_IDS[key]
 
