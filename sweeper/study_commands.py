@@ -30,11 +30,14 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+_STUDY_HELP = "study name (hydra.sweeper.study_name of the sweep; default: the storage's only study)"
+
+
 def _study_parser(prog: str, description: str) -> argparse.ArgumentParser:
     from clipsweep.sweep_config import RecommendConf, SweeperConf
 
     parser = _Parser(prog=f"clipsweep {prog}", description=description)
-    parser.add_argument("--study", help="study name (hydra.sweeper.study_name of the sweep)")
+    parser.add_argument("--study", help=_STUDY_HELP)
     parser.add_argument(
         "--storage", default=None, help=f"Optuna storage URL (default: $CLIPSWEEP_STORAGE, else {SweeperConf.storage})"
     )
@@ -55,25 +58,31 @@ def _study_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def _open_study(options: argparse.Namespace) -> tuple[Any, str]:
-    """The stored study; refuses a missing storage file or an unknown study without creating either."""
+    """The stored study; refuses a missing storage file or an unknown study without creating either.
+
+    Without ``--study`` a storage that holds one study means that one (``optuna.load_study``'s own
+    rule): the default sweep names its study by the time it started, which nobody types. With several,
+    guessing (the latest?) could export another sweep's config, so it refuses and lists them."""
     import optuna
 
     from clipsweep.storage import mask_url, open_storage, storage_url
     from clipsweep.sweep_config import SweeperConf
 
-    if not options.study:
-        raise ConfigError("--study", None, "the name of a stored study")
     url = storage_url(options.storage or SweeperConf.storage)
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
         raise ConfigError("--storage", url, "an existing storage: no such file (run clipsweep sweep first)")
     storage = open_storage(url)
-    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+    if not options.study and len(names) == 1:
+        options.study = names[0]
+    elif not options.study:
+        raise ConfigError("--study", None, f"the name of a study in {mask_url(url)}: one of {names}")
     if options.study not in names:
-        raise ConfigError("--study", options.study, f"a study in {mask_url(url)}: one of {sorted(names)}")
+        raise ConfigError("--study", options.study, f"a study in {mask_url(url)}: one of {names}")
     return optuna.load_study(study_name=options.study, storage=storage), url
 
 
-def _recommend(options: argparse.Namespace) -> tuple[Any, Any, Any, str]:
+def _recommend(options: argparse.Namespace, opened: tuple[Any, str] | None = None) -> tuple[Any, Any, Any, str]:
     from clipsweep.recommend import RecommendSettings, recommend
     from clipsweep.validation import Validation, validate
 
@@ -83,7 +92,7 @@ def _recommend(options: argparse.Namespace) -> tuple[Any, Any, Any, str]:
         settings = RecommendSettings(options.tolerance, options.bandwidth, options.transient, options.percentile)
     except ConfigError as err:  # named by its flag here, not by its config key
         raise ConfigError(f"--{err.key.rpartition('.')[2]}", err.value, err.allowed) from None
-    study, url = _open_study(options)
+    study, url = opened or _open_study(options)
     objective = _objective(study, options.objective)
     try:
         recommendation = recommend(study, settings, objective)
@@ -220,7 +229,7 @@ def trials_command(args: Sequence[str]) -> int:
     from clipsweep.trials import FORMATS, render, rows
 
     parser = _Parser(prog="clipsweep trials", description=trials_command.__doc__)
-    parser.add_argument("--study", help="study name (hydra.sweeper.study_name of the sweep)")
+    parser.add_argument("--study", help=_STUDY_HELP)
     parser.add_argument(
         "--storage", default=None, help=f"Optuna storage URL (default: $CLIPSWEEP_STORAGE, else {SweeperConf.storage})"
     )
@@ -243,9 +252,10 @@ def report_command(args: Sequence[str]) -> int:
     options = parser.parse_args(list(args))
     if options.top < 1:
         raise ConfigError("--top", options.top, "a number of trials >= 1")
+    opened = _open_study(options)  # it names the study when --study is left out
     png = Path(options.png or f"{options.study}-grad-norms.png")
     refuse_existing(png, force=True, flag="--png")  # before any work
-    study, recommendation, validation, _ = _recommend(options)
+    study, recommendation, validation, _ = _recommend(options, opened)
     print(trials_table(study, [recommendation.objective], options.top))
     print(recommendation.describe())
     if validation is not None:

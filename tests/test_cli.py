@@ -266,7 +266,7 @@ BAD_INPUT = [
     _stored(
         "recommend", "--study", "nope", named="--study='nope' is not allowed: a study in sqlite:///clipsweep.db: one of"
     ),
-    _stored("recommend", named="--study=None is not allowed"),
+    _fresh("recommend", named="--storage='sqlite:///clipsweep.db' is not allowed: an existing storage: no such file"),
     _stored("recommend", "--study", SWEPT_STUDY, "--tolerance", "1.5", named="--tolerance=1.5"),
     _stored("recommend", "--study", SWEPT_STUDY, "--bandwidth", "0", named="--bandwidth=0.0"),
     _stored("recommend", "--study", SWEPT_STUDY, "--percentile", "0", named="--percentile=0.0"),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from conftest import SWEPT_STUDY, TINY, load_study, mlflow_runs
@@ -93,6 +95,24 @@ def test_report_command_prints_the_table_and_writes_the_figure(in_swept: Path, c
     out = capsys.readouterr().out
     assert "top 4 of 4 completed trials" in out and "recommended: clip=norm" in out
     assert (in_swept / "norms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_command_without_study_takes_the_storages_only_study_and_refuses_to_guess_among_two(
+    swept: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # The default sweep names its study by when it started: nobody types that to read it back.
+    for store in ("clipsweep.db", "mlflow.db"):
+        shutil.copy(swept / store, tmp_path / store)
+    monkeypatch.chdir(tmp_path)
+    assert main(["report"]) == 0
+    assert "recommended: clip=norm" in capsys.readouterr().out
+    assert (tmp_path / f"{STUDY}-grad-norms.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    optuna.create_study(study_name="other", storage=f"sqlite:///{tmp_path / 'clipsweep.db'}")
+    assert main(["recommend"]) == 2
+    assert (
+        f"--study=None is not allowed: the name of a study in sqlite:///clipsweep.db: one of ['{STUDY}', 'other']"
+        in (capsys.readouterr().err)
+    )
 
 
 def test_trials_command_lists_every_trial_as_table_json_and_csv(in_swept: Path, capsys) -> None:
