@@ -183,7 +183,6 @@ class Calibration:
                 *table,
                 f"  cost: {self.steps} optimizer steps, {self.seconds:.1f} s; {share:.1%} of the steps of a sweep "
                 f"with {sweep_steps} trial-steps",
-                f"  train with it: clipsweep run clip=norm clip.threshold={self.threshold:.4g}",
             ]
         )
 

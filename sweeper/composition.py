@@ -69,11 +69,33 @@ def compose(
     from clipsweep.config import register_schemas
 
     register_schemas()
-    extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
+    overrides = _with_search_path(overrides, config_dir)
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return hydra_compose(
-            config_name=config_name, overrides=[*overrides, *extra], return_hydra_config=return_hydra_config
-        )
+        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=return_hydra_config)
+
+
+def _with_search_path(overrides: Sequence[str], config_dir: str | None) -> list[str]:
+    """The overrides with one ``hydra.searchpath``: the config dir first (``--config-dir``'s place in
+    ``clipsweep run``), then the user's own entries. Hydra's compose API takes no ``--config-dir``, and
+    of two searchpath overrides it reads one, so a second config dir given as ``hydra.searchpath``
+    (the sweep dir holding ``clip/best.yaml`` beside the user's ``--config-dir``) would be lost."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    entries = [f"file://{Path(config_dir).resolve()}"] if config_dir else []
+    rest = []
+    for override in overrides:
+        if override.partition("=")[0].lstrip("+") == "hydra.searchpath":
+            value = OverridesParser.create().parse_override(override).value()
+            entries += [_absolute(str(v)) for v in (value if isinstance(value, list) else [value])]
+        else:
+            rest.append(override)
+    return [*rest, f"hydra.searchpath=[{','.join(repr(e) for e in entries)}]"] if entries else rest
+
+
+def _absolute(entry: str) -> str:
+    """``file://`` entries resolved against the working directory (what ``clipsweep run`` sees)."""
+    scheme, sep, path = entry.partition("://")
+    return f"file://{Path(path).resolve()}" if sep and scheme == "file" else entry
 
 
 def one_line(err: BaseException) -> str:

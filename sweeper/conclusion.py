@@ -142,6 +142,6 @@ def conclude(
     parent.log_text(text, "export/best.yaml")
     lines.append(
         f"exported the {choice.which.value} config ({choice.reason}) to {out}\n"
-        f"  train with it: {reproduce_command(choice, sweep_dir)}"
+        f"  train with it: {reproduce_command(choice, out)}"
     )
     return "\n".join(f"[clipsweep] {line}" for line in "\n".join(lines).splitlines())

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
@@ -91,16 +93,51 @@ def choose(recommendation: Recommendation, validation: Validation | None, which:
     )
 
 
-def reproduce_command(choice: Choice, config_dir: Path | None = None) -> str:
-    """The command that retrains the exported trial: its sweep's fixed overrides, then ``clip=best``."""
-    # The exported file owns the clip config; search presets and hydra.* only steer the sweep.
+def reproduce_command(choice: Choice, clip_file: Path | None = None) -> str:
+    """The command that retrains the exported trial: its sweep's fixed overrides and ``--config-dir``,
+    then the exported clip file (``clip_file``, or ``clip=best`` in the user's own config dir)."""
+    if choice.trial is None:
+        return run_command([], None, clip_file)
+    return run_command(choice.trial.fixed, choice.trial.config_dir, clip_file)
+
+
+def run_command(
+    overrides: Sequence[str], config_dir: str | None, clip_file: Path | None = None, clip: Sequence[str] = ()
+) -> str:
+    """``clipsweep run`` with the overrides a clip config was found with, then that clip config: the
+    group file ``clip_file`` (``<dir>/clip/<name>.yaml`` gives ``clip=<name>``; None or a file outside
+    a ``clip/`` group: ``clip=best``, which the user puts into their config dir), or the ``clip``
+    overrides themselves.
+
+    It may need two config dirs: ``config_dir``, whose own groups the overrides may name
+    (``task=my_task``), and the one holding the clip file. Hydra takes one ``--config-dir``; a second
+    goes on ``hydra.searchpath``; ``./conf`` alone needs neither (clipsweep finds it itself)."""
+    # The clip config is given last and whole; search presets and hydra.* only steered the search.
     owned = ("hydra.", "search=", "clip=", "clip.", "+clip.", "++clip.", "~clip")
-    fixed = [] if choice.trial is None else [o for o in choice.trial.fixed if not o.startswith(owned)]
-    where = [] if config_dir is None else [f"--config-dir {config_dir}"]
-    return " ".join(["clipsweep run", *where, *fixed, "clip=best"])
+    kept = [o for o in overrides if not o.startswith(owned)]
+    in_group = clip_file is not None and clip_file.parent.name == "clip"
+    clip_dir = clip_file.parent.parent if in_group else None
+    clip = list(clip) or [f"clip={clip_file.stem if in_group else 'best'}"]
+    dirs = list(dict.fromkeys(_shown(d) for d in (config_dir, clip_dir) if d is not None))
+    where = [] if dirs in ([], ["conf"]) else ["--config-dir", shlex.quote(dirs[0])]
+    if len(dirs) > 1:
+        entry = f"file://{dirs[1]}"
+        entry = entry if re.fullmatch(r"[\w./:-]+", entry) else json.dumps(entry)  # Hydra's grammar: quoted
+        where.append(shlex.quote(f"hydra.searchpath=[{entry}]"))
+    return " ".join(["clipsweep run", *where, *(shlex.quote(o) for o in kept), *clip])
 
 
-def source(recommendation: Recommendation, choice: Choice, storage: str | None = None) -> dict[str, Any]:
+def _shown(directory: str | Path) -> str:
+    """A config dir as the user would type it here: relative when it lies under the working directory."""
+    path = Path(directory)
+    if path.is_absolute() and not (relative := os.path.relpath(path)).startswith(".."):
+        return relative
+    return str(path)
+
+
+def source(
+    recommendation: Recommendation, choice: Choice, storage: str | None = None, clip_file: Path | None = None
+) -> dict[str, Any]:
     trial = choice.trial
     optim = dict((trial.config if trial is not None else recommendation.config).get("optim", {}))
     return {
@@ -113,7 +150,7 @@ def source(recommendation: Recommendation, choice: Choice, storage: str | None =
         "which": choice.which.value,
         "reason": choice.reason,
         "optim": optim,
-        "reproduce": reproduce_command(choice),
+        "reproduce": reproduce_command(choice, clip_file),
         "recommendation": {
             "threshold": recommendation.threshold,
             "interval": None if recommendation.interval is None else list(recommendation.interval),

@@ -32,6 +32,7 @@ from clipsweep.conclusion import conclude, write_results
 from clipsweep.errors import ConfigError, Refused, SweepFailed
 from clipsweep.names import (
     CONFIG_ATTR,
+    CONFIG_DIR_ATTR,
     FAIL_REASON_ATTR,
     FIXED_ATTR,
     INTERRUPTED_ATTR,
@@ -68,6 +69,14 @@ _FAILED_PREFIX = "sweep failed: "
 def _recorded_run(study: optuna.Study, trial: Trial) -> str | None:
     """The MLflow run the trial's job recorded (in its own process: read back from the storage)."""
     return study._storage.get_trial(trial._trial_id).user_attrs.get(RUN_ID_ATTR)
+
+
+def _user_config_dir(config: DictConfig) -> str | None:
+    """The sweep's ``--config-dir`` as Hydra recorded it (clipsweep's CLI passes ``./conf`` as one)."""
+    for source in OmegaConf.select(config, "hydra.runtime.config_sources") or []:
+        if source.provider == "command-line" and source.schema == "file":
+            return str(source.path)
+    return None
 
 
 class OptunaSweeper(Sweeper):
@@ -329,6 +338,8 @@ class OptunaSweeper(Sweeper):
             if key in result:  # what recommend and export read back from the storage alone
                 trial.set_user_attr(attr, result[key])
         trial.set_user_attr(FIXED_ATTR, [mask_url(o) for o in plan.space.fixed])  # export's reproduce line
+        if (config_dir := _user_config_dir(self.config)) is not None:
+            trial.set_user_attr(CONFIG_DIR_ATTR, config_dir)  # and where its task=my_task comes from
         run_id = result.get("mlflow_run_id")
         status = result.get("status", "finished")
         trial.set_user_attr(STATUS_ATTR, status)

@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from clipsweep.clipping import ClipMethod, clipper_class
 from clipsweep.histogram import NormHistogram
-from clipsweep.names import CONFIG_ATTR, FIXED_ATTR, NORMS_ATTR, STATUS_ATTR
+from clipsweep.names import CONFIG_ATTR, CONFIG_DIR_ATTR, FIXED_ATTR, NORMS_ATTR, STATUS_ATTR
 from clipsweep.telemetry import NormSegments
 
 
@@ -28,6 +28,8 @@ class TrialNorms:
     clipped: int
     params: dict[str, Any] = field(default_factory=dict)
     fixed: list[str] = field(default_factory=list)
+    config_dir: str | None = None
+    """The sweep's ``--config-dir``: the user's own groups the fixed overrides may name."""
 
     @property
     def clip(self) -> dict[str, Any]:
@@ -188,6 +190,7 @@ def trial_norms(trial: FrozenTrial, transient: float) -> TrialNorms | None:
         clipped,
         dict(trial.params),
         list(trial.user_attrs.get(FIXED_ATTR, [])),
+        trial.user_attrs.get(CONFIG_DIR_ATTR),
     )
 
 

@@ -206,7 +206,7 @@ def export_command(args: Sequence[str]) -> int:
         _resolve_run_id(options)
     study, recommendation, validation, url = _recommend(options)
     choice = choose(recommendation, validation, Which(options.which))
-    origin = source(recommendation, choice, mask_url(url))
+    origin = source(recommendation, choice, mask_url(url), out)
     text = render(choice.clip, origin, ExportFormat(options.format), choice.params)
     if validation is not None:
         print(validation.describe(), file=sys.stderr)
@@ -274,7 +274,7 @@ def calibrate_command(args: Sequence[str]) -> int:
 
     from clipsweep.calibrate import CalibrateSettings, calibrate
     from clipsweep.composition import compose, one_line, require_buildable, split_hydra_args
-    from clipsweep.export import refuse_existing, write
+    from clipsweep.export import refuse_existing, run_command, write
     from clipsweep.sweep_config import SweeperConf
     from clipsweep.tracking import make_tracker
     from clipsweep.training import require_reported
@@ -318,4 +318,6 @@ def calibrate_command(args: Sequence[str]) -> int:
         origin = calibration_source(calibration, settings.grid, dict(config.optim))
         write(render(calibration.clip, origin, ExportFormat.yaml), out, options.force)
         print(f"wrote {out}")
+    clip = [] if out is not None else ["clip=norm", f"clip.threshold={calibration.threshold:.4g}"]
+    print(f"train with it: {run_command(overrides, config_dir, out, clip)}")  # the model/task/lr it was found for
     return 0

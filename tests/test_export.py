@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from clipsweep.composition import compose
+from clipsweep.composition import compose, split_hydra_args
 from clipsweep.errors import ConfigError
-from clipsweep.export import ExportFormat, Which, choose, load_clip, render, source, write
+from clipsweep.export import ExportFormat, Which, choose, load_clip, render, run_command, source, write
 from clipsweep.histogram import NormHistogram
 from clipsweep.recommendation import Recommendation, TrialNorms
 from clipsweep.validation import Arm, Validation
@@ -139,6 +140,37 @@ def test_export_choose_takes_the_supported_recommendation_unless_validation_says
     assert choose(_recommendation(extrapolated=True), None, Which.auto).which is Which.best  # unvalidated guess
     assert choose(rec, None, Which.recommended).clip == rec.clip
     assert choose(copy.deepcopy(rec), None, Which.best).clip == rec.best.clip
+
+
+def test_export_run_command_names_each_config_dir_it_needs_once(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    mine, fixed = str(tmp_path / "mine"), ["model=small", "search=threshold", "clip.threshold=0.3"]
+    assert run_command(fixed, mine) == "clipsweep run --config-dir mine model=small clip=best"
+    assert (
+        run_command(fixed, mine, Path("mine/clip/best.yaml")) == "clipsweep run --config-dir mine model=small clip=best"
+    )
+    assert run_command(fixed, mine, Path("conf/clip/ours.yaml")) == (
+        "clipsweep run --config-dir mine 'hydra.searchpath=[file://conf]' model=small clip=ours"
+    )
+    assert run_command(fixed, str(tmp_path / "conf")) == "clipsweep run model=small clip=best"  # ./conf: found anyway
+    assert run_command(fixed, None, Path("clip.yaml"), ["clip=norm", "clip.threshold=0.3"]) == (
+        "clipsweep run model=small clip=norm clip.threshold=0.3"
+    )
+    odd = run_command([], None, Path("/my runs/x/clip/best.yaml"))  # outside the working directory, with a space
+    assert odd == "clipsweep run --config-dir '/my runs/x' clip=best"
+    assert run_command(["task.path=my file.csv"], "/my runs/x", Path("a,b/clip/c.yaml")) == (
+        """clipsweep run --config-dir '/my runs/x' 'hydra.searchpath=["file://a,b"]' 'task.path=my file.csv' clip=c"""
+    )
+    # What the shell hands clipsweep composes with both dirs: the user's group and the clip file.
+    (tmp_path / "my runs" / "model").mkdir(parents=True)
+    (tmp_path / "my runs" / "model" / "small.yaml").write_text(
+        "defaults:\n  - /schema/model@_here_: rnn\n  - _self_\ncell: gru\n"
+    )
+    (tmp_path / "a,b" / "clip").mkdir(parents=True)
+    (tmp_path / "a,b" / "clip" / "c.yaml").write_text("# @package _global_\nclip:\n  method: norm\n  threshold: 0.25\n")
+    command = run_command(fixed, str(tmp_path / "my runs"), Path("a,b/clip/c.yaml"))
+    composed = compose(*split_hydra_args(shlex.split(command)[2:]))
+    assert (composed.model.cell.value, composed.clip.threshold) == ("gru", 0.25)
 
 
 def test_export_yaml_carries_the_co_searched_parameters_and_the_reproduce_command(tmp_path: Path) -> None:

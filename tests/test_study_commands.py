@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -75,6 +76,38 @@ def test_export_command_yaml_reproduces_the_exported_trial_with_clip_best(in_swe
     assert rerun.data.metrics["val/loss"] == pytest.approx(best.value, rel=1e-6)
 
 
+def test_sweep_from_a_users_config_dir_prints_commands_that_reproduce_the_trial(tmp_path: Path) -> None:
+    """The user's own group (``--config-dir mine model=small``) and the file holding ``clip/best.yaml``
+    are two config dirs: the sweep's "train with it" line and the export's reproduce line name both."""
+    (tmp_path / "mine" / "model").mkdir(parents=True)
+    (tmp_path / "mine" / "model" / "small.yaml").write_text(
+        "defaults:\n  - /schema/model@_here_: rnn\n  - _self_\ncell: gru\n"
+    )
+    args = ("--config-dir", "mine", "model=small", "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=own")
+    swept = _cli("sweep", *TINY, *args, cwd=tmp_path)
+    assert swept.returncode == 0, swept.stderr
+    (line,) = [x for x in swept.stdout.splitlines() if "train with it: " in x]
+    printed = line.split("train with it: ")[1]
+    assert printed.startswith("clipsweep run --config-dir mine 'hydra.searchpath=[file://multirun/")
+    assert printed.endswith(" model=small clip=best")
+    export = _cli("export", "--out", "conf/clip/mine.yaml", cwd=tmp_path)  # the storage's only study
+    assert export.returncode == 0, export.stderr
+    reproduce = export.stderr.split("reproduce: ")[1].strip()
+    assert reproduce.startswith("clipsweep run --config-dir mine 'hydra.searchpath=[file://conf]' ")
+    assert reproduce.endswith(" model=small clip=mine")
+    exported = yaml.safe_load((tmp_path / "conf" / "clip" / "mine.yaml").read_text())
+    study = load_study(tmp_path, "own")
+    (trial,) = [t for t in study.trials if t.params.get("clip.threshold") == exported["clip"]["threshold"]]
+    for command in (printed, reproduce):
+        _, before = mlflow_runs(tmp_path)
+        done = _cli(*shlex.split(command)[1:], cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        _, runs = mlflow_runs(tmp_path)
+        (rerun,) = [r for r in runs if r.info.run_id not in {b.info.run_id for b in before}]
+        assert rerun.data.params["model.cell"] == "gru"  # the user's group, not the default LSTM
+        assert rerun.data.metrics["val/loss"] == pytest.approx(trial.value, rel=1e-6)
+
+
 def test_export_command_json_by_study_and_by_parent_run_id(in_swept: Path, capsys) -> None:
     assert main(["export", "--study", STUDY, "--format", "json", "--which", "recommended"]) == 0
     by_study = json.loads(capsys.readouterr().out)
@@ -141,6 +174,9 @@ def test_calibrate_command_prints_the_threshold_and_writes_a_clip_file(tmp_path:
     assert "calibrated: clip=norm clip.threshold=" in done.stdout and "pilot: 10 steps" in done.stdout
     threshold = yaml.safe_load((tmp_path / "conf" / "clip" / "calibrated.yaml").read_text())["clip"]["threshold"]
     assert f"clip.threshold={threshold:.4g}" in done.stdout
+    # How to train with it: the model and task it was calibrated for, from both config dirs.
+    train = "train with it: clipsweep run --config-dir mine 'hydra.searchpath=[file://conf]' model=small "
+    assert train in done.stdout and done.stdout.rstrip().endswith(" train.steps=40 clip=calibrated")
     _, runs = mlflow_runs(tmp_path)
     (pilot,) = [r for r in runs if r.data.tags.get("clipsweep.role") == "calibrate"]
     assert pilot.info.status == "FINISHED" and pilot.data.metrics["calibrate/threshold"] == threshold
