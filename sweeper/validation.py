@@ -80,10 +80,14 @@ class Validation:
         return [(k, v, s) for k, v, s in rows if math.isfinite(v)]
 
     def describe(self) -> str:
+        head = f"validation on seeds {self.seeds} (fresh: the sweep selected on another):"
+        if self.recommended.config == self.best.config:
+            same = "the recommendation is the best trial's config"
+            return f"{head}\n  {self.recommended.describe(self.objective)}\n  {same}"
         verdict = "at least as good as" if self.recommended_wins() else "worse than"
         return "\n".join(
             [
-                f"validation on seeds {self.seeds} (fresh: the sweep selected on another):",
+                head,
                 "  " + self.recommended.describe(self.objective),
                 "  " + self.best.describe(self.objective),
                 f"  the recommendation is {verdict} the best trial's config",
@@ -153,9 +157,14 @@ def validate(
     tags = {ROLE_TAG: "validate", STUDY_TAG: recommendation.study}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    for arm in arms:
+    # Mostly the recommendation is the best trial's own config: its runs answer for both arms (half
+    # the cost; CPU training is deterministic, so a second run would repeat the first to the bit).
+    same = recommendation.config == recommendation.best.config
+    for arm in arms[:1] if same else arms:
         for seed in seeds:
             result = retrain(arm.config, None, seed, tracking, f"validate-{arm.label}-seed{seed}", tags)
             value = result.val.get(recommendation.objective, math.nan)
             arm.values.append(value if result.status == "finished" else math.nan)
+    if same:
+        arms[1].values = list(arms[0].values)
     return Validation(recommendation.objective, recommendation.direction, seeds, *arms)

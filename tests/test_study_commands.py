@@ -44,7 +44,11 @@ def test_recommend_command_validates_and_logs_to_the_parent_run(in_swept: Path, 
     parent = client.get_run(parent_id)
     assert {"validate/recommended_mean", "validate/best_mean"} <= set(parent.data.metrics)
     validation_runs = [r for r in runs if r.data.tags.get("clipsweep.role") == "validate"]
-    assert sorted(r.info.run_name for r in validation_runs) == ["validate-best-seed1", "validate-recommended-seed1"]
+    study = load_study(in_swept, STUDY)
+    rec = recommend(study)
+    same = rec.config == rec.best.config  # then one run answers for both
+    expected = ["validate-recommended-seed1"] if same else ["validate-best-seed1", "validate-recommended-seed1"]
+    assert sorted(r.info.run_name for r in validation_runs) == expected
     assert all(r.data.tags["mlflow.parentRunId"] == parent_id for r in validation_runs)
 
 

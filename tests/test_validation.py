@@ -53,3 +53,20 @@ def test_validate_runs_each_trials_own_config_on_fresh_seeds(config) -> None:
     assert stored.covers(_recommendation(trials["best"], trials["recommended"]))
     assert not stored.covers(_recommendation(trials["recommended"], trials["best"]))
     assert stored.recommended.values == validation.recommended.values
+
+
+def test_validate_trains_a_recommendation_that_is_the_best_trials_config_once(config, tmp_path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    histogram = NormHistogram()
+    histogram.add(np.linspace(0.1, 1, 10))
+    resolved = OmegaConf.to_container(config(*TINY, "clip.threshold=0.3"), resolve=True, enum_to_str=True)
+    best = TrialNorms(0, 0.1, resolved, histogram, 2, {"clip.threshold": 0.3})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    validation = validate(_recommendation(best, best), 2, {"enabled": True, "uri": uri})
+    direct = [train(build(config(*TINY, "clip.threshold=0.3", f"train.seed={s}")), NullTracker()) for s in (6, 7)]
+    assert validation.recommended.values == validation.best.values == [r.val["val/loss"] for r in direct]
+    runs = MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()])
+    assert sorted(r.info.run_name for r in runs) == ["validate-recommended-seed6", "validate-recommended-seed7"]
+    assert validation.describe().endswith("the recommendation is the best trial's config")
+    assert validation.recommended_wins()  # export keeps taking it
