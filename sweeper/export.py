@@ -76,6 +76,10 @@ def choose(recommendation: Recommendation, validation: Validation | None, which:
         return _best(recommendation, "asked for the best trial's config")
     if which is Which.recommended:
         return _recommended(recommendation, "asked for the recommendation")
+    if validation is not None and validation.recommended.config == validation.best.config:
+        r = validation.recommended
+        scored = f"{validation.objective} {r.mean:.5g} over {len(validation.seeds)} fresh seeds"
+        return _recommended(recommendation, f"the best trial is also the robust choice; validated: {scored}")
     if validation is not None:
         r, b = validation.recommended, validation.best
         comparison = f"{validation.objective} {r.mean:.5g} vs {b.mean:.5g} over {len(validation.seeds)} fresh seeds"

@@ -139,6 +139,11 @@ def test_export_choose_takes_the_supported_recommendation_unless_validation_says
     assert choose(rec, diverged, Which.auto).which is Which.best  # a diverged seed disqualifies it
     assert choose(_recommendation(extrapolated=True), None, Which.auto).which is Which.best  # unvalidated guess
     assert choose(rec, None, Which.recommended).clip == rec.clip
+    alone = Validation("val/loss", "minimize", [1, 2], Arm("recommended", rec.config, [0.02, 0.04]),
+                       Arm("best", rec.config, [0.02, 0.04]))  # fmt: skip
+    assert choose(rec, alone, Which.auto).reason == (
+        "the best trial is also the robust choice; validated: val/loss 0.03 over 2 fresh seeds"
+    )
     assert choose(copy.deepcopy(rec), None, Which.best).clip == rec.best.clip
 
 
