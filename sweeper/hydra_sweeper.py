@@ -145,8 +145,7 @@ class OptunaSweeper(Sweeper):
             print(
                 f"[clipsweep] study {plan.study_name!r} on {mask_url(plan.storage_url)}: "
                 f"{len(studies.counted_trials(study))}/{plan.n_trials} trials already there; "
-                f"sampler {sampler_name}, pruner {type(plan.pruner).__name__} "
-                f"(asked after {plan.pruning_warmup:.0%} of each trial's steps)",
+                f"sampler {sampler_name}, {plan.pruning}",
                 flush=True,
             )
             message = self._loop(plan, study, parent)

@@ -57,6 +57,16 @@ class SweepPlan:
     recommend: RecommendSettings
     validate: int
 
+    @property
+    def pruning(self) -> str:
+        """How trials get pruned, in words (the sweep's start line): where it is decided, or why it is off."""
+        name = type(self.pruner).__name__
+        if isinstance(self.pruner, optuna.pruners.NopPruner):
+            return "no pruner"
+        if len(self.directions) > 1:
+            return f"pruner {name} unused (Optuna cannot prune multi-objective trials)"
+        return f"pruner {name} (asked after {self.pruning_warmup:.0%} of each trial's steps)"
+
 
 def _require_lazy_imports(key: str, component: object) -> None:
     """Optuna imports some samplers' packages (``cmaes``) only when they first sample: check them now,
