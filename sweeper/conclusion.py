@@ -108,7 +108,11 @@ def conclude(
     finishing within the same few milliseconds could both compute the same result).
     """
     if len(plan.directions) != 1:
-        return ""
+        front = sorted(t.number for t in study.best_trials)
+        return (
+            f"[clipsweep] multi-objective: no single recommendation; the Pareto front is trials {front} "
+            "(solutions in optimization_results.yaml; clipsweep trials lists every trial)"
+        )
     completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     done = study.user_attrs.get(CONCLUDED_ATTR, {})
     if done.get("completed", -1) >= completed:  # another worker of this study got here first

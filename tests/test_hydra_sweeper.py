@@ -119,6 +119,27 @@ def test_sweep_records_study_parent_and_child_runs_and_results(tmp_path: Path) -
     assert load_study(tmp_path, "s1").user_attrs[PARENT_RUN_ATTR] == parent.info.run_id
 
 
+def test_sweep_multi_objective_keeps_each_objective_and_reports_its_pareto_front(tmp_path: Path) -> None:
+    done = run_sweep(
+        tmp_path, "hydra.sweeper.study_name=mo", "hydra.sweeper.n_trials=3", "search=threshold",
+        "hydra.sweeper.direction=[minimize,maximize]", "hydra.sweeper.objective=[val/loss,train/loss]",
+    )  # fmt: skip
+    assert "pruner MedianPruner unused (Optuna cannot prune multi-objective trials)" in done.stdout
+    study = load_study(tmp_path, "mo")
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"] and study.metric_names == [
+        "val/loss", "train/loss",
+    ]  # fmt: skip
+    client, _ = mlflow_runs(tmp_path)
+    for trial in study.trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert trial.values == pytest.approx([run.data.metrics["val/loss"], run.data.metrics["train/loss"]])
+    front = sorted(t.number for t in study.best_trials)
+    assert f"multi-objective: no single recommendation; the Pareto front is trials {front}" in done.stdout
+    results = yaml.safe_load(next(tmp_path.glob("multirun/*/*/optimization_results.yaml")).read_text())
+    assert sorted(s["number"] for s in results["solutions"]) == front
+    assert not list(tmp_path.glob("multirun/*/*/clip/best.yaml"))  # nothing exported as if it were one best
+
+
 def test_sweep_resume_reaches_exactly_n_trials(tmp_path: Path) -> None:
     common = ("hydra.sweeper.study_name=resume", "tracking.enabled=false", "search=threshold")
     run_sweep(tmp_path, "hydra.sweeper.n_trials=2", *common)
