@@ -197,7 +197,11 @@ def _header(origin: Mapping[str, Any], comment: str) -> list[str]:
     ]
     interval = (origin.get("recommendation") or {}).get("interval")
     if interval:
-        lines.append(f"{comment} uncertainty: thresholds {interval[0]:.4g}..{interval[1]:.4g} were within tolerance")
+        lines.append(
+            f"{comment} uncertainty: thresholds {interval[0]:.4g}..{interval[1]:.4g} were within tolerance"
+            if interval[0] < interval[1]
+            else f"{comment} uncertainty: not bounded (a lone good trial at {interval[0]:.4g})"
+        )
     if origin.get("reproduce"):
         lines.append(f"{comment} reproduce: {origin['reproduce']}")
     return lines

@@ -142,6 +142,9 @@ class Recommendation:
             lines.append(
                 f"  uncertainty: thresholds {lo:.3g}..{hi:.3g} were within tolerance of the best there "
                 f"({len(self.good)} good trials)"
+                if lo < hi
+                else f"  uncertainty: not bounded: no other trial near {lo:.3g} came within tolerance of the best "
+                "(a lone good trial; more trials around it would bound it)"
             )
         lines.append(f"  rule: {self.rule}")
         if self.threshold is not None and self.histogram.count:

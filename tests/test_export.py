@@ -185,6 +185,8 @@ def test_export_yaml_carries_the_co_searched_parameters_and_the_reproduce_comman
     assert origin["reproduce"] == "clipsweep run train.steps=20 clip=best"  # the sweep's own choices stay out
     text = render(choice.clip, origin, ExportFormat.yaml, {**choice.params, "model": "gru"})
     assert "# uncertainty: thresholds 0.5..0.6" in text and "trial 5: val/loss=0.011" in text
+    lone = source(_recommendation(), choice) | {"recommendation": {"interval": [0.6, 0.6]}}
+    assert "# uncertainty: not bounded (a lone good trial at 0.6)" in render(choice.clip, lone, ExportFormat.yaml)
     (tmp_path / "clip").mkdir()
     (tmp_path / "clip" / "best.yaml").write_text(text)
     composed = compose(["clip=best"], config_dir=str(tmp_path))

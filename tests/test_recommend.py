@@ -255,6 +255,20 @@ def test_recommend_keeps_the_learning_rate_with_its_threshold(tmp_path: Path) ->
     assert r.clip == r.trial.clip  # the trial's own config: exported and reproduced as it ran
 
 
+def test_recommend_says_a_lone_good_trial_leaves_its_threshold_unbounded(tmp_path: Path) -> None:
+    # One trial learned; its neighbours stayed at chance: an interval of one point is no uncertainty.
+    study = _study(tmp_path)
+    for threshold, value in ((0.03, BASELINE), (0.3, 0.002), (3.0, BASELINE), (30.0, BASELINE * 1.01)):
+        _add(study, value, {"clip.threshold": threshold})
+    r = recommend(study)
+    assert r.threshold == 0.3 and r.interval == (0.3, 0.3)
+    assert "uncertainty: not bounded: no other trial near 0.3 came within tolerance of the best" in r.describe()
+    _add(study, 0.0021, {"clip.threshold": 0.35})
+    assert "uncertainty: thresholds 0.3..0.35 were within tolerance of the best there (2 good trials)" in (
+        recommend(study).describe()
+    )
+
+
 def test_recommend_leaves_out_diverged_pruned_and_other_methods(tmp_path: Path) -> None:
     study = _study(tmp_path)
     _add(study, 0.01, {"clip": "norm", "clip.threshold": 0.3})
