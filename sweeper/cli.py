@@ -171,8 +171,11 @@ def ui_command(args: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="clipsweep ui", description=ui_command.__doc__)
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--tracking-uri", default=None, help="default: tracking.uri of the composed config")
+    from clipsweep.storage import require_existing
+
     options = parser.parse_args(list(args))
     uri = options.tracking_uri or compose([]).tracking.uri
+    require_existing("--tracking-uri", uri, "MLflow store", "clipsweep run or clipsweep sweep")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--host", "127.0.0.1", "--port", str(options.port)]  # fmt: skip
     print(f"MLflow UI for {uri} at http://127.0.0.1:{options.port}", flush=True)
@@ -189,7 +192,7 @@ def dashboard_command(args: Sequence[str]) -> int:
     import argparse
     import importlib.util
 
-    from clipsweep.storage import JOURNAL_PREFIX, mask_url, storage_url
+    from clipsweep.storage import JOURNAL_PREFIX, mask_url, require_existing, storage_url
     from clipsweep.sweep_config import SweeperConf
 
     parser = argparse.ArgumentParser(prog="clipsweep dashboard", description=dashboard_command.__doc__)
@@ -201,6 +204,7 @@ def dashboard_command(args: Sequence[str]) -> int:
     if importlib.util.find_spec("optuna_dashboard") is None:
         raise ConfigError("clipsweep dashboard", "optuna-dashboard", "installed: pip install 'clipsweep[dashboard]'")
     url = storage_url(options.storage or SweeperConf.storage)
+    require_existing("--storage", url, "storage", "clipsweep sweep")
     if url.startswith(JOURNAL_PREFIX):
         url = url[len(JOURNAL_PREFIX) :]  # optuna-dashboard opens a journal file by its path
     command = [sys.executable, "-c", "from optuna_dashboard._cli import main; main()", url,

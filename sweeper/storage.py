@@ -9,6 +9,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import optuna
@@ -39,6 +40,24 @@ def mask_url(url: str) -> str:
                 credentials = credentials.split(":", 1)[0] + ":***"
             return f"{head}//{credentials}@{host}"
         return url
+
+
+def local_file(url: str) -> Path | None:
+    """The file a local store's URL names (``sqlite:///path``, ``journal:path``); None for a server or
+    an in-memory store. Commands that only read a store refuse a missing file rather than create an
+    empty store beside the user (a wrong working directory would otherwise look like no results)."""
+    for prefix in ("sqlite:///", JOURNAL_PREFIX):
+        if url.startswith(prefix):
+            path = url[len(prefix) :]
+            return Path(path) if path and path != ":memory:" else None
+    return None
+
+
+def require_existing(key: str, url: str, what: str, first: str) -> None:
+    """Refuse (ConfigError naming ``key``) a local store whose file does not exist yet."""
+    path = local_file(url)
+    if path is not None and not path.exists():
+        raise ConfigError(key, mask_url(url), f"an existing {what}: no such file (run {first} first)")
 
 
 def absolute_url(url: str, base: str | os.PathLike[str]) -> str:

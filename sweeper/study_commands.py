@@ -65,12 +65,11 @@ def _open_study(options: argparse.Namespace) -> tuple[Any, str]:
     guessing (the latest?) could export another sweep's config, so it refuses and lists them."""
     import optuna
 
-    from clipsweep.storage import mask_url, open_storage, storage_url
+    from clipsweep.storage import mask_url, open_storage, require_existing, storage_url
     from clipsweep.sweep_config import SweeperConf
 
     url = storage_url(options.storage or SweeperConf.storage)
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists():
-        raise ConfigError("--storage", url, "an existing storage: no such file (run clipsweep sweep first)")
+    require_existing("--storage", url, "storage", "clipsweep sweep")
     storage = open_storage(url)
     names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
     if not options.study and len(names) == 1:

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 from clipsweep import store_template
 from clipsweep.errors import ConfigError
-from clipsweep.storage import absolute_url
+from clipsweep.storage import absolute_url, local_file
 from clipsweep.tracker import NullTracker, Tracker
 
 try:
@@ -85,7 +85,7 @@ def _sqlite_creation_lock(uri: str) -> Iterator[Path | None]:
     MLflow creates and migrates a new SQLite store on first use; four workers starting together
     otherwise race through the migrations ("table _alembic_tmp_params already exists").
     """
-    path = _sqlite_file(uri)
+    path = local_file(uri) if uri.startswith("sqlite:///") else None
     if path is None or fcntl is None:  # an in-memory store has nothing to migrate twice
         yield path
         return
@@ -95,14 +95,6 @@ def _sqlite_creation_lock(uri: str) -> Iterator[Path | None]:
             yield path
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _sqlite_file(uri: str) -> Path | None:
-    """The file of a ``sqlite:///`` store (None for any other store, or an in-memory one)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///") :]
-    return Path(path) if path and path != ":memory:" else None
 
 
 def _mlflow_version() -> str:

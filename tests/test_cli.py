@@ -295,6 +295,9 @@ BAD_INPUT = [
     _stored("report", "--study", SWEPT_STUDY, "--top", "0", named="--top=0"),
     _stored("trials", "--study", "nope", named="--study='nope' is not allowed"),
     _stored("trials", "--study", SWEPT_STUDY, "--format", "xml", named="argument --format: invalid choice: 'xml'"),
+    # ui / dashboard: a store that is not there is not created (a wrong directory is not "no results")
+    _fresh("ui", named="--tracking-uri='sqlite:///mlflow.db' is not allowed: an existing MLflow store: no such file"),
+    _fresh("dashboard", "--storage", "journal:j.log", named="--storage='journal:j.log' is not allowed: an existing"),
     # calibrate: its own settings, and the run's config as run checks it
     _fresh("calibrate", "--budget", "0", named="--budget=0.0"),
     _fresh("calibrate", "--grid", "1", named="--grid=1"),
@@ -415,8 +418,8 @@ def _served(args: list[str], cwd: Path, path: str) -> tuple[bytes, str]:
     return body, output
 
 
-def test_cli_ui_serves_the_tracking_store_on_loopback(tmp_path: Path) -> None:
-    body, output = _served(["ui", "--tracking-uri", f"sqlite:///{tmp_path / 'x.db'}"], tmp_path, "/health")
+def test_cli_ui_serves_the_tracking_store_on_loopback(swept: Path, tmp_path: Path) -> None:
+    body, output = _served(["ui", "--tracking-uri", f"sqlite:///{swept / 'mlflow.db'}"], tmp_path, "/health")
     assert "OK" in body.decode()
     assert "DeprecationWarning" not in output and "Uvicorn running on http://127.0.0.1:" in output
 
