@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from clipsweep.errors import ConfigError
 
@@ -31,6 +31,15 @@ def working_conf_dir() -> str | None:
     local = Path("conf")
     if local.is_dir() and local.resolve() != conf_dir().resolve():
         return str(local)
+    return None
+
+
+def user_config_dir(config: DictConfig) -> str | None:
+    """A running app's ``--config-dir`` as Hydra recorded it (absolute; clipsweep's CLI passes ``./conf``
+    as one): what a command that reproduces one of its jobs needs for the user's own groups."""
+    for source in OmegaConf.select(config, "hydra.runtime.config_sources") or []:
+        if source.provider == "command-line" and source.schema == "file":
+            return str(source.path)
     return None
 
 

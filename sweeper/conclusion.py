@@ -97,6 +97,15 @@ def _log_plots(study: optuna.Study, parent: Tracker) -> None:
             parent.log_figure(first.figure, f"plots/{name}.png")
 
 
+def browse_line(parent: Tracker, uri: str) -> str:
+    """Where to look at the sweep in the MLflow UI: its trials, and its parent run."""
+    runs = f"http://127.0.0.1:5000/#/experiments/{getattr(parent, 'experiment_id', '')}/runs"
+    return (
+        f"[clipsweep] MLflow: clipsweep ui --tracking-uri {uri}, then open {runs} (the trials nest under this "
+        f"sweep's parent run) or {runs}/{parent.run_id} (the parent: recommendation, plots)"
+    )
+
+
 def conclude(
     plan: SweepPlan, study: optuna.Study, parent: Tracker, sweep_dir: Path, tracking: Mapping[str, Any]
 ) -> str:

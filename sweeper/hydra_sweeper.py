@@ -28,7 +28,8 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from clipsweep import interrupts, launching
 from clipsweep import study as studies
-from clipsweep.conclusion import conclude, write_results
+from clipsweep.composition import user_config_dir
+from clipsweep.conclusion import browse_line, conclude, write_results
 from clipsweep.errors import ConfigError, Refused, SweepFailed
 from clipsweep.names import (
     CONFIG_ATTR,
@@ -69,14 +70,6 @@ _FAILED_PREFIX = "sweep failed: "
 def _recorded_run(study: optuna.Study, trial: Trial) -> str | None:
     """The MLflow run the trial's job recorded (in its own process: read back from the storage)."""
     return study._storage.get_trial(trial._trial_id).user_attrs.get(RUN_ID_ATTR)
-
-
-def _user_config_dir(config: DictConfig) -> str | None:
-    """The sweep's ``--config-dir`` as Hydra recorded it (clipsweep's CLI passes ``./conf`` as one)."""
-    for source in OmegaConf.select(config, "hydra.runtime.config_sources") or []:
-        if source.provider == "command-line" and source.schema == "file":
-            return str(source.path)
-    return None
 
 
 class OptunaSweeper(Sweeper):
@@ -173,12 +166,7 @@ class OptunaSweeper(Sweeper):
         if conclusion:
             print(conclusion, flush=True)
         if parent.run_id:
-            runs = f"http://127.0.0.1:5000/#/experiments/{getattr(parent, 'experiment_id', '')}/runs"
-            print(
-                f"[clipsweep] MLflow: clipsweep ui --tracking-uri {tracking.uri}, then open {runs} (the trials "
-                f"nest under this sweep's parent run) or {runs}/{parent.run_id} (the parent: recommendation, plots)",
-                flush=True,
-            )
+            print(browse_line(parent, str(tracking.uri)), flush=True)
         return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
 
     def _loop(self, plan: SweepPlan, study: optuna.Study, parent: Tracker) -> str | None:
@@ -337,7 +325,7 @@ class OptunaSweeper(Sweeper):
             if key in result:  # what recommend and export read back from the storage alone
                 trial.set_user_attr(attr, result[key])
         trial.set_user_attr(FIXED_ATTR, [mask_url(o) for o in plan.space.fixed])  # export's reproduce line
-        if (config_dir := _user_config_dir(self.config)) is not None:
+        if (config_dir := user_config_dir(self.config)) is not None:
             trial.set_user_attr(CONFIG_DIR_ATTR, config_dir)  # and where its task=my_task comes from
         run_id = result.get("mlflow_run_id")
         status = result.get("status", "finished")
