@@ -80,33 +80,33 @@ def test_export_command_yaml_reproduces_the_exported_trial_with_clip_best(in_swe
     assert rerun.data.metrics["val/loss"] == pytest.approx(best.value, rel=1e-6)
 
 
-def test_sweep_from_a_users_config_dir_prints_commands_that_reproduce_the_trial(tmp_path: Path) -> None:
+def test_sweep_from_a_users_config_dir_prints_commands_that_reproduce_the_trial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
     """The user's own group (``--config-dir mine model=small``) and the file holding ``clip/best.yaml``
     are two config dirs: the sweep's "train with it" line and the export's reproduce line name both."""
     (tmp_path / "mine" / "model").mkdir(parents=True)
     (tmp_path / "mine" / "model" / "small.yaml").write_text(
         "defaults:\n  - /schema/model@_here_: rnn\n  - _self_\ncell: gru\n"
     )
+    monkeypatch.chdir(tmp_path)
     args = ("--config-dir", "mine", "model=small", "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=own")
     # On the CPU (a fixed override the commands carry): cuDNN does not promise bit-equal reruns.
-    swept = _cli("sweep", *TINY, *args, "train.device=cpu", cwd=tmp_path)
-    assert swept.returncode == 0, swept.stderr
-    (line,) = [x for x in swept.stdout.splitlines() if "train with it: " in x]
+    assert main(["sweep", *TINY, *args, "train.device=cpu"]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "train with it: " in x]
     printed = line.split("train with it: ")[1]
     assert printed.startswith("clipsweep run --config-dir mine 'hydra.searchpath=[file://multirun/")
     assert printed.endswith(" model=small train.device=cpu clip=best")
-    export = _cli("export", "--out", "conf/clip/mine.yaml", cwd=tmp_path)  # the storage's only study
-    assert export.returncode == 0, export.stderr
-    reproduce = export.stderr.split("reproduce: ")[1].strip()
+    assert main(["export", "--out", "conf/clip/mine.yaml"]) == 0  # the storage's only study
+    reproduce = capsys.readouterr().err.split("reproduce: ")[1].strip()
     assert reproduce.startswith("clipsweep run --config-dir mine 'hydra.searchpath=[file://conf]' ")
     assert reproduce.endswith(" model=small train.device=cpu clip=mine")
     exported = yaml.safe_load((tmp_path / "conf" / "clip" / "mine.yaml").read_text())
     study = load_study(tmp_path, "own")
     (trial,) = [t for t in study.trials if t.params.get("clip.threshold") == exported["clip"]["threshold"]]
-    for command in (printed, reproduce):
+    for command in (printed, reproduce):  # as the shell hands them over
         _, before = mlflow_runs(tmp_path)
-        done = _cli(*shlex.split(command)[1:], cwd=tmp_path)
-        assert done.returncode == 0, done.stderr
+        assert main(shlex.split(command)[1:]) == 0
         _, runs = mlflow_runs(tmp_path)
         (rerun,) = [r for r in runs if r.info.run_id not in {b.info.run_id for b in before}]
         assert rerun.data.params["model.cell"] == "gru"  # the user's group, not the default LSTM
