@@ -144,7 +144,8 @@ class Recommendation:
                 f"({len(self.good)} good trials)"
                 if lo < hi
                 else f"  uncertainty: not bounded: no other trial near {lo:.3g} came within tolerance of the best "
-                "(a lone good trial; more trials around it would bound it)"
+                f"(a lone good trial; to bound it, resume the study with more trials: the same sweep with "
+                f"hydra.sweeper.study_name={self.study} and a larger hydra.sweeper.n_trials)"
             )
         lines.append(f"  rule: {self.rule}")
         if self.threshold is not None and self.histogram.count:

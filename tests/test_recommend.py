@@ -263,6 +263,7 @@ def test_recommend_says_a_lone_good_trial_leaves_its_threshold_unbounded(tmp_pat
     r = recommend(study)
     assert r.threshold == 0.3 and r.interval == (0.3, 0.3)
     assert "uncertainty: not bounded: no other trial near 0.3 came within tolerance of the best" in r.describe()
+    assert "resume the study with more trials: the same sweep with hydra.sweeper.study_name=s and a" in r.describe()
     _add(study, 0.0021, {"clip.threshold": 0.35})
     assert "uncertainty: thresholds 0.3..0.35 were within tolerance of the best there (2 good trials)" in (
         recommend(study).describe()
