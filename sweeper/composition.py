@@ -5,6 +5,8 @@ from it. Shared by every command that trains or checks a config."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,7 +100,14 @@ def _with_search_path(overrides: Sequence[str], config_dir: str | None) -> list[
             entries += [_absolute(str(v)) for v in (value if isinstance(value, list) else [value])]
         else:
             rest.append(override)
-    return [*rest, f"hydra.searchpath=[{','.join(repr(e) for e in entries)}]"] if entries else rest
+    return [*rest, search_path_override(entries)] if entries else rest
+
+
+def search_path_override(entries: Sequence[str]) -> str:
+    """One ``hydra.searchpath`` override listing ``entries``, each quoted where Hydra's grammar needs it
+    (a comma or a space in a path would otherwise split or end the list)."""
+    quoted = [e if re.fullmatch(r"[\w./:-]+", e) else json.dumps(e) for e in entries]
+    return f"hydra.searchpath=[{','.join(quoted)}]"
 
 
 def _absolute(entry: str) -> str:

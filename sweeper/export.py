@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from clipsweep.clipping import ClipMethod, clipper_class
+from clipsweep.composition import search_path_override
 from clipsweep.errors import ConfigError
 from clipsweep.recommendation import Recommendation, TrialNorms
 from clipsweep.validation import Validation
@@ -76,7 +76,7 @@ def choose(recommendation: Recommendation, validation: Validation | None, which:
         return _best(recommendation, "asked for the best trial's config")
     if which is Which.recommended:
         return _recommended(recommendation, "asked for the recommendation")
-    if validation is not None and validation.recommended.config == validation.best.config:
+    if validation is not None and validation.one_config:
         r = validation.recommended
         scored = f"{validation.objective} {r.mean:.5g} over {len(validation.seeds)} fresh seeds"
         return _recommended(recommendation, f"the best trial is also the robust choice; validated: {scored}")
@@ -125,9 +125,7 @@ def run_command(
     dirs = list(dict.fromkeys(_shown(d) for d in (config_dir, clip_dir) if d is not None))
     where = [] if dirs in ([], ["conf"]) else ["--config-dir", shlex.quote(dirs[0])]
     if len(dirs) > 1:
-        entry = f"file://{dirs[1]}"
-        entry = entry if re.fullmatch(r"[\w./:-]+", entry) else json.dumps(entry)  # Hydra's grammar: quoted
-        where.append(shlex.quote(f"hydra.searchpath=[{entry}]"))
+        where.append(shlex.quote(search_path_override([f"file://{dirs[1]}"])))
     return " ".join(["clipsweep run", *where, *(shlex.quote(o) for o in kept), *clip])
 
 

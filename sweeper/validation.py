@@ -63,6 +63,11 @@ class Validation:
     recommended: Arm
     best: Arm
 
+    @property
+    def one_config(self) -> bool:
+        """The recommendation is the best trial's own config: one set of runs answered for both arms."""
+        return self.recommended.config == self.best.config
+
     def recommended_wins(self) -> bool:
         """True when the recommendation is at least as good as the best trial's config on average."""
         if len(self.recommended.finite) < len(self.recommended.values):
@@ -81,7 +86,7 @@ class Validation:
 
     def describe(self) -> str:
         head = f"validation on seeds {self.seeds} (fresh: the sweep selected on another):"
-        if self.recommended.config == self.best.config:
+        if self.one_config:
             same = "the recommendation is the best trial's config"
             return f"{head}\n  {self.recommended.describe(self.objective)}\n  {same}"
         verdict = "at least as good as" if self.recommended_wins() else "worse than"
