@@ -18,7 +18,8 @@ other, calibrate within 5% at <= 1/10 of the sweep's steps, both better than 1.0
 already optimal.
 
     python benchmarks/recommendation.py [--trials 20] [--seeds 3] [--sampler-seeds 0 1] [--settings ...]
-                                        [--store DIR] [--calibrate-only] [--sweep-overrides KEY=VALUE ...]
+                                        [--store DIR] [--calibrate-only [--calibrate KEY=VALUE ...]]
+                                        [--sweep-overrides KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -155,12 +156,12 @@ def _untracked(overrides: list[str]) -> DictConfig:
     return compose([*overrides, "tracking.enabled=false", "train.threads=1"])
 
 
-def calibrate_only(name: str, overrides: list[str], seeds: int) -> None:
+def calibrate_only(name: str, overrides: list[str], seeds: int, settings: CalibrateSettings) -> None:
     """``calibrate`` and its threshold on fresh seeds 1..K, without the sweeps (minutes, not the hour the
     sweeps take): read against a sweep-best column measured on the same code (the sweeps reproduce it
     exactly there; on other code they may not: these tasks amplify rounding)."""
     config = _untracked(overrides)
-    calibration = calibrate(config, CalibrateSettings(), NullTracker())
+    calibration = calibrate(config, settings, NullTracker())
     resolved = OmegaConf.to_container(config, resolve=True)
     value = mean_over_seeds(resolved, calibration.clip, list(range(1, seeds + 1)))
     print(f"{calibration.describe(0)}\nCAL {name}: {value:.4g} ({calibration.threshold:.3g}), "
@@ -176,10 +177,15 @@ def main_benchmark() -> None:
     parser.add_argument("--store", default=None, help="keep the sweeps' study here (and reuse finished ones)")
     parser.add_argument("--calibrate-only", action="store_true", help="calibrate and its fresh seeds, no sweeps")
     parser.add_argument("--sweep-overrides", nargs="*", default=[], help="appended to every sweep (not calibrate)")
+    parser.add_argument(
+        "--calibrate", nargs="*", default=[], metavar="KEY=VALUE", help="calibrate settings (budget=1.3), not defaults"
+    )
     args = parser.parse_args()
     if args.calibrate_only:
+        chosen = {key: float(value) for key, value in (item.split("=", 1) for item in args.calibrate)}
+        settings = CalibrateSettings(**{k: int(v) if k in ("grid", "eta") else v for k, v in chosen.items()})
         for name in args.settings:
-            calibrate_only(name, SETTINGS[name], args.seeds)
+            calibrate_only(name, SETTINGS[name], args.seeds, settings)
         return
     print(HEADER)
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,12 +14,13 @@ default runs each within 1.3x of one alone.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from clipsweep.cores import usable_cores
 
 
 def _start(cwd: str, steps: int, extra: list[str]) -> subprocess.Popen[bytes]:
@@ -43,7 +44,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=1000)
     args = parser.parse_args()
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     variants = {
         "alone, 1 thread": [["train.threads=1"]],
         f"alone, {cores} threads": [[f"train.threads={cores}"]],

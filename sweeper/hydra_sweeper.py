@@ -30,6 +30,7 @@ from clipsweep import interrupts, launching
 from clipsweep import study as studies
 from clipsweep.composition import user_config_dir
 from clipsweep.conclusion import browse_line, conclude, write_results
+from clipsweep.cores import usable_cores
 from clipsweep.errors import ConfigError, Refused, SweepFailed
 from clipsweep.names import (
     CONFIG_ATTR,
@@ -263,7 +264,7 @@ class OptunaSweeper(Sweeper):
         one_process = launcher.endswith(("BasicLauncher", "BatchedLauncher"))  # its jobs run one after another
         if plan.n_jobs < 2 or one_process or self.config.train.get("threads") is not None:
             return []
-        return [f"train.threads={max(1, (os.cpu_count() or 1) // plan.n_jobs)}"]
+        return [f"train.threads={max(1, usable_cores() // plan.n_jobs)}"]
 
     @staticmethod
     def _give_back(study: optuna.Study, trial: Trial, parent: Tracker) -> None:

@@ -17,6 +17,7 @@ from conftest import TINY, load_study, mlflow_runs, run_sweep
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from clipsweep.cores import usable_cores
 from clipsweep.names import CONFIG_ATTR, INTERRUPTED_ATTR, RETRY_OF_ATTR, SURPLUS_ATTR
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack]
@@ -85,7 +86,7 @@ def test_four_local_workers_on_the_embedded_default_finish_exactly_n_trials(tmp_
 def test_joblib_jobs_split_the_cores_between_them(tmp_path: Path) -> None:
     run_sweep(tmp_path, "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2", "hydra.sweeper.study_name=threads",
               *COMMON, "hydra.sweeper.n_trials=2", "tracking.enabled=false")  # fmt: skip
-    expected = max(1, (os.cpu_count() or 1) // 2)
+    expected = max(1, usable_cores() // 2)
     assert [t.user_attrs[CONFIG_ATTR]["train"]["threads"] for t in load_study(tmp_path, "threads").get_trials()] == [
         expected
     ] * 2
