@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from clipsweep.cli import main
 from clipsweep.composition import conf_dir
 
-FAST = ("model.hidden_size=16", "task.seq_len=12", "task.val_size=64", "train.batch_size=8")
+FAST = ("model.hidden_size=16", "task.seq_len=12", "task.val_size=64", "train.batch_size=8", "train.device=cpu")
 
 
 def _clipsweep(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

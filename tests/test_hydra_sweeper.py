@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
 from conftest import TINY, load_study, mlflow_runs, run_sweep, with_pythonpath
 from mlflow.tracking import MlflowClient
@@ -149,6 +150,21 @@ def test_sweep_resume_reaches_exactly_n_trials(tmp_path: Path) -> None:
     trials = load_study(tmp_path, "resume").get_trials()
     assert [t.number for t in trials] == [0, 1, 2, 3, 4]
     assert all(t.state == TrialState.COMPLETE for t in trials)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run by the device benchmark)")
+def test_sweep_on_a_cuda_device_completes_and_records_its_trials(tmp_path: Path) -> None:
+    """The sweeps above run on the CPU wherever the suite runs (TINY); this one is the device path end to
+    end: trials train on CUDA, report, record their norms and MLflow runs, and the sweep recommends."""
+    done = run_sweep(tmp_path, "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=gpu", "train.device=cuda")
+    trials = load_study(tmp_path, "gpu").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert all(t.user_attrs[CONFIG_ATTR]["train"]["device"] == "cuda" and t.user_attrs[NORMS_ATTR] for t in trials)
+    _, runs = mlflow_runs(tmp_path)
+    children = [r for r in runs if "clipsweep.trial_number" in r.data.tags]
+    assert len(children) == 2 and all(r.data.params["train.device"] == "cuda" for r in children)
+    assert "recommended: clip=norm" in done.stdout
 
 
 def test_sweep_prunes_hopeless_trials_from_their_intermediate_values(tmp_path: Path) -> None:
