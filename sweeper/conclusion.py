@@ -141,13 +141,9 @@ def conclude(
     if validation is not None:
         study.set_user_attr(VALIDATION_ATTR, validation.to_dict())
     choice = choose(recommendation, validation, Which.auto)
-    text = render(
-        choice.clip,
-        source(recommendation, choice, mask_url(plan.storage_url)),
-        ExportFormat.yaml,
-        choice.params,
-    )
-    out = sweep_dir / "clip" / "best.yaml"
+    out = sweep_dir / "clip" / "best.yaml"  # its header's reproduce line runs it from here, as printed below
+    text = render(choice.clip, source(recommendation, choice, mask_url(plan.storage_url), out), ExportFormat.yaml,
+                  choice.params)  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     log_recommendation(parent, recommendation, validation)

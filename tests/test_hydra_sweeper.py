@@ -113,6 +113,9 @@ def test_sweep_records_study_parent_and_child_runs_and_results(tmp_path: Path) -
     assert "exported the recommended config" in done.stdout and str(exported.relative_to(tmp_path)) in done.stdout
     recommendation = recommend(study)
     assert yaml.safe_load(exported.read_text())["clip"] == recommendation.clip
+    # The file's own reproduce line is the command the sweep printed: it finds the file where it lies.
+    printed = done.stdout.split("train with it: ")[1].splitlines()[0]
+    assert f"# reproduce: {printed}\n" in exported.read_text() and "--config-dir multirun/" in printed
     assert parent.data.metrics["recommend/threshold"] > 0
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "recommendation")}
     assert logged == {"recommendation/recommendation.json", "recommendation/grad_norms.png"}
