@@ -22,7 +22,7 @@ import yaml
 from clipsweep.clipping import ClipMethod, clipper_class
 from clipsweep.composition import search_path_override
 from clipsweep.errors import ConfigError
-from clipsweep.recommendation import Recommendation, TrialNorms
+from clipsweep.recommendation import FLAT, Recommendation, TrialNorms
 from clipsweep.validation import Validation
 
 if TYPE_CHECKING:
@@ -160,6 +160,11 @@ def source(
             "clip_fraction": recommendation.clip_fraction,
             "good_trials": recommendation.trials,
             "rule": recommendation.rule,
+            "value_range": None if recommendation.value_range is None else list(recommendation.value_range),
+            "flat": recommendation.flat,
+            "unclipped": None
+            if recommendation.clipping_matters or recommendation.unclipped is None
+            else {"trial": recommendation.unclipped.number, "value": recommendation.unclipped.value},
         },
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -193,7 +198,20 @@ def _header(origin: Mapping[str, Any], comment: str) -> list[str]:
         f"{comment} config: {origin['which']} ({origin['reason']})",
         f"{comment} found with optim={origin['optim'].get('_target_', '?')} lr={lr}: a threshold goes with its lr",
     ]
-    interval = (origin.get("recommendation") or {}).get("interval")
+    facts = origin.get("recommendation") or {}
+    if facts.get("flat"):
+        lo, hi = facts["value_range"]
+        lines.append(
+            f"{comment} note: every completed trial scored within {FLAT:.0%} of the best ({lo:.5g}..{hi:.5g}): "
+            "the sweep measured no difference between the settings it tried"
+        )
+    if facts.get("unclipped"):
+        plain = facts["unclipped"]
+        lines.append(
+            f"{comment} note: clip=none (trial {plain['trial']}) scored {plain['value']:.5g}, within {FLAT:.0%} of "
+            "the best: clipping made no measurable difference in this sweep"
+        )
+    interval = facts.get("interval")
     if interval:
         lines.append(
             f"{comment} uncertainty: thresholds {interval[0]:.4g}..{interval[1]:.4g} were within tolerance"

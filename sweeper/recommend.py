@@ -179,11 +179,17 @@ def recommend(
         and t.params.get("clip", best.method.value) == best.method.value
         and (p := space.point(t.params)) is not None
     ]
+    values = [c.value for c in candidates]
+    spread = (min(values), max(values)) if len(values) > 1 else None
+    unclipped = [c for c in candidates if c.method is ClipMethod.none]
+    plain = min(unclipped, key=lambda c: c.value if direction == "minimize" else -c.value) if unclipped else None
+    where = (study.study_name, objective, direction, settings, (spread, plain))
     if not space.dims:  # nothing numeric searched: the best trial is the only evidence
-        return _recommendation(study.study_name, objective, direction, settings, best, best, [best], None,
-                               "no numeric parameter searched for this method: the best trial")  # fmt: skip
+        return _recommendation(
+            *where, best, best, [best], None, "no numeric parameter searched for this method: the best trial"
+        )
     chosen, near, interval, rule = _robust_trial(space, located, failed, settings)
-    return _recommendation(study.study_name, objective, direction, settings, best, chosen, near, interval, rule)
+    return _recommendation(*where, best, chosen, near, interval, rule)
 
 
 def _evidence(trial: optuna.trial.FrozenTrial, steps: int) -> float:
@@ -280,13 +286,16 @@ def _recommendation(
     objective: str,
     direction: str,
     settings: RecommendSettings,
+    measured: tuple[tuple[float, float] | None, TrialNorms | None],
     best: TrialNorms,
     chosen: TrialNorms,
     near: Sequence[TrialNorms],
     interval: tuple[float, float] | None,
     rule: str,
 ) -> Recommendation:
-    """The chosen trial's config, or with a fixed ``percentile`` the threshold read off the good trials' norms."""
+    """The chosen trial's config, or with a fixed ``percentile`` the threshold read off the good trials' norms.
+    ``measured``: the completed trials' objective range and the best one without clipping, which say
+    whether the sweep measured a difference at all."""
     histogram = NormHistogram()
     for t in near:
         histogram.merge(t.histogram)
@@ -317,4 +326,6 @@ def _recommendation(
         clip_fraction=math.nan if threshold is None or not histogram.count else histogram.fraction_above(threshold),
         rule=rule,
         extrapolated=extrapolated,
+        value_range=measured[0],
+        unclipped=measured[1],
     )

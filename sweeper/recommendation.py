@@ -16,6 +16,10 @@ from clipsweep.histogram import NormHistogram
 from clipsweep.names import CONFIG_ATTR, CONFIG_DIR_ATTR, FIXED_ATTR, NORMS_ATTR, STATUS_ATTR
 from clipsweep.telemetry import NormSegments
 
+FLAT = 0.02
+"""Completed trials all within this fraction of the best: a sweep that measured no difference (the
+benchmark's own bar for "as good as the best": 2%)."""
+
 
 @dataclass
 class TrialNorms:
@@ -70,6 +74,32 @@ class Recommendation:
     """Share of those steps above ``threshold``: how often it would have clipped."""
     rule: str
     extrapolated: bool = False
+    value_range: tuple[float, float] | None = None
+    """The lowest and highest objective of the completed trials the rule weighed."""
+    unclipped: TrialNorms | None = None
+    """The best completed trial without clipping (``clip=none``), when the sweep searched the method."""
+
+    @property
+    def value_spread(self) -> float:
+        """The completed trials' objective range as a fraction of the best value (nan with one trial)."""
+        if self.value_range is None:
+            return math.nan
+        lo, hi = self.value_range
+        return (hi - lo) / max(abs(self.best.value), 1e-12)
+
+    @property
+    def clipping_matters(self) -> bool:
+        """False when a trial without clipping came within ``FLAT`` of the best trial (which clipped)."""
+        if self.unclipped is None or self.best.method is ClipMethod.none:
+            return True
+        return abs(self.unclipped.value - self.best.value) > FLAT * max(abs(self.best.value), 1e-12)
+
+    @property
+    def flat(self) -> bool:
+        """Every completed trial within ``FLAT`` of the best: the searched settings made no measurable
+        difference, so the rule's choice among them is noise however it is made (a copy task that no
+        trial learned in its steps, a model that trains alike at any threshold)."""
+        return self.value_spread <= FLAT
 
     @property
     def steps(self) -> int:
@@ -121,6 +151,10 @@ class Recommendation:
             "best_clip": self.best.clip,
             "best_params": dict(self.best.params),
             "optim": self.optim,
+            "value_range": None if self.value_range is None else list(self.value_range),
+            "flat": self.flat,
+            "unclipped_trial": None if self.unclipped is None else self.unclipped.number,
+            "clipping_matters": self.clipping_matters,
         }
 
     def describe(self) -> str:
@@ -148,6 +182,20 @@ class Recommendation:
                 f"hydra.sweeper.study_name={self.study} and a larger hydra.sweeper.n_trials)"
             )
         lines.append(f"  rule: {self.rule}")
+        if self.flat and self.value_range is not None:
+            lo, hi = self.value_range
+            lines.append(
+                f"  note: every completed trial scored within {FLAT:.0%} of the best ({self.objective} "
+                f"{lo:.5g}..{hi:.5g}): the searched settings barely changed the outcome, so no setting here is "
+                "measurably better than another; train longer (train.steps) or search a wider range before relying "
+                "on this one"
+            )
+        if not self.clipping_matters and self.unclipped is not None:
+            lines.append(
+                f"  note: clip=none (trial {self.unclipped.number}) scored {self.objective}="
+                f"{self.unclipped.value:.5g}, within {FLAT:.0%} of the best: in this sweep clipping made no "
+                "measurable difference"
+            )
         if self.threshold is not None and self.histogram.count:
             h = self.histogram
             lines.append(

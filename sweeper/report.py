@@ -59,6 +59,7 @@ def log_recommendation(tracker: Tracker, recommendation: Recommendation, validat
         "recommend/clip_fraction": recommendation.clip_fraction,
         "recommend/good_trials": float(len(recommendation.good)),
         "recommend/steps": float(recommendation.steps),
+        "recommend/value_spread": recommendation.value_spread,
     }
     rows = [(k, float(v), 0) for k, v in values.items() if v is not None and math.isfinite(v)]
     tracker.log_metrics(rows + (validation.metrics() if validation else []))
