@@ -160,7 +160,7 @@ def source(
             "clip_fraction": recommendation.clip_fraction,
             "good_trials": recommendation.trials,
             "rule": recommendation.rule,
-            "value_range": None if recommendation.value_range is None else list(recommendation.value_range),
+            "median_value": recommendation.median_value,
             "flat": recommendation.flat,
             "unclipped": None
             if recommendation.clipping_matters or recommendation.unclipped is None
@@ -200,9 +200,8 @@ def _header(origin: Mapping[str, Any], comment: str) -> list[str]:
     ]
     facts = origin.get("recommendation") or {}
     if facts.get("flat"):
-        lo, hi = facts["value_range"]
         lines.append(
-            f"{comment} note: every completed trial scored within {FLAT:.0%} of the best ({lo:.5g}..{hi:.5g}): "
+            f"{comment} note: the best trial is within {FLAT:.0%} of the median one ({facts['median_value']:.5g}): "
             "the sweep measured no difference between the settings it tried"
         )
     if facts.get("unclipped"):

@@ -180,10 +180,10 @@ def recommend(
         and (p := space.point(t.params)) is not None
     ]
     values = [c.value for c in candidates]
-    spread = (min(values), max(values)) if len(values) > 1 else None
+    median = float(np.median(values)) if len(values) > 1 else None
     unclipped = [c for c in candidates if c.method is ClipMethod.none]
     plain = min(unclipped, key=lambda c: c.value if direction == "minimize" else -c.value) if unclipped else None
-    where = (study.study_name, objective, direction, settings, (spread, plain))
+    where = (study.study_name, objective, direction, settings, (median, plain))
     if not space.dims:  # nothing numeric searched: the best trial is the only evidence
         return _recommendation(
             *where, best, best, [best], None, "no numeric parameter searched for this method: the best trial"
@@ -286,7 +286,7 @@ def _recommendation(
     objective: str,
     direction: str,
     settings: RecommendSettings,
-    measured: tuple[tuple[float, float] | None, TrialNorms | None],
+    measured: tuple[float | None, TrialNorms | None],
     best: TrialNorms,
     chosen: TrialNorms,
     near: Sequence[TrialNorms],
@@ -294,7 +294,7 @@ def _recommendation(
     rule: str,
 ) -> Recommendation:
     """The chosen trial's config, or with a fixed ``percentile`` the threshold read off the good trials' norms.
-    ``measured``: the completed trials' objective range and the best one without clipping, which say
+    ``measured``: the completed trials' median objective and the best one without clipping, which say
     whether the sweep measured a difference at all."""
     histogram = NormHistogram()
     for t in near:
@@ -326,6 +326,6 @@ def _recommendation(
         clip_fraction=math.nan if threshold is None or not histogram.count else histogram.fraction_above(threshold),
         rule=rule,
         extrapolated=extrapolated,
-        value_range=measured[0],
+        median_value=measured[0],
         unclipped=measured[1],
     )

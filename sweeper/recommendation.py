@@ -74,18 +74,18 @@ class Recommendation:
     """Share of those steps above ``threshold``: how often it would have clipped."""
     rule: str
     extrapolated: bool = False
-    value_range: tuple[float, float] | None = None
-    """The lowest and highest objective of the completed trials the rule weighed."""
+    median_value: float | None = None
+    """The median objective of the completed trials the rule weighed (None with one trial)."""
     unclipped: TrialNorms | None = None
     """The best completed trial without clipping (``clip=none``), when the sweep searched the method."""
 
     @property
     def value_spread(self) -> float:
-        """The completed trials' objective range as a fraction of the best value (nan with one trial)."""
-        if self.value_range is None:
+        """How far the best trial beat the median one, as a fraction of the best value (nan with one trial):
+        the median, not the worst, so one run that went badly does not make a sweep of equals look decisive."""
+        if self.median_value is None:
             return math.nan
-        lo, hi = self.value_range
-        return (hi - lo) / max(abs(self.best.value), 1e-12)
+        return abs(self.median_value - self.best.value) / max(abs(self.best.value), 1e-12)
 
     @property
     def clipping_matters(self) -> bool:
@@ -96,7 +96,7 @@ class Recommendation:
 
     @property
     def flat(self) -> bool:
-        """Every completed trial within ``FLAT`` of the best: the searched settings made no measurable
+        """The best trial within ``FLAT`` of the median one: the searched settings made no measurable
         difference, so the rule's choice among them is noise however it is made (a copy task that no
         trial learned in its steps, a model that trains alike at any threshold)."""
         return self.value_spread <= FLAT
@@ -151,7 +151,7 @@ class Recommendation:
             "best_clip": self.best.clip,
             "best_params": dict(self.best.params),
             "optim": self.optim,
-            "value_range": None if self.value_range is None else list(self.value_range),
+            "median_value": self.median_value,
             "flat": self.flat,
             "unclipped_trial": None if self.unclipped is None else self.unclipped.number,
             "clipping_matters": self.clipping_matters,
@@ -182,13 +182,12 @@ class Recommendation:
                 f"hydra.sweeper.study_name={self.study} and a larger hydra.sweeper.n_trials)"
             )
         lines.append(f"  rule: {self.rule}")
-        if self.flat and self.value_range is not None:
-            lo, hi = self.value_range
+        if self.flat and self.median_value is not None:
             lines.append(
-                f"  note: every completed trial scored within {FLAT:.0%} of the best ({self.objective} "
-                f"{lo:.5g}..{hi:.5g}): the searched settings barely changed the outcome, so no setting here is "
-                "measurably better than another; train longer (train.steps) or search a wider range before relying "
-                "on this one"
+                f"  note: the best trial is within {FLAT:.0%} of the median one ({self.objective} "
+                f"{self.best.value:.5g} vs {self.median_value:.5g}): the searched settings barely changed the "
+                "outcome, so no setting here is measurably better than another; train longer (train.steps) or "
+                "search a wider range before relying on this one"
             )
         if not self.clipping_matters and self.unclipped is not None:
             lines.append(

@@ -188,9 +188,9 @@ def test_export_yaml_carries_the_co_searched_parameters_and_the_reproduce_comman
     lone = source(_recommendation(), choice) | {"recommendation": {"interval": [0.6, 0.6]}}
     assert "# uncertainty: not bounded (a lone good trial at 0.6)" in render(choice.clip, lone, ExportFormat.yaml)
     assert "# note:" not in text
-    rec.value_range = (0.01, 0.0101)  # every completed trial within 1% of the best: nothing was measured
+    rec.median_value = 0.0101  # the best trial 1% better than the median one: nothing was measured
     flat = render(choice.clip, source(rec, choice), ExportFormat.yaml)
-    assert "# note: every completed trial scored within 2% of the best (0.01..0.0101): the sweep measured no" in flat
+    assert "# note: the best trial is within 2% of the median one (0.0101): the sweep measured no difference" in flat
     rec.unclipped = TrialNorms(7, 0.0101, {"clip": {"method": "none"}}, rec.histogram, 0, {"clip": "none"})
     plain = render(choice.clip, source(rec, choice), ExportFormat.yaml)
     assert "# note: clip=none (trial 7) scored 0.0101, within 2% of the best: clipping made no measurable" in plain

@@ -271,35 +271,38 @@ def test_recommend_says_a_lone_good_trial_leaves_its_threshold_unbounded(tmp_pat
 
 
 def test_recommend_says_when_the_sweep_measured_no_difference_between_its_trials(tmp_path: Path) -> None:
-    # A copy task no trial learned in its steps: every threshold scored the memoryless loss, to 1%.
+    # An adding task no trial learned in its steps: all at chance to 1%, but two runs went badly.
     study = _study(tmp_path)
-    for threshold, value in ((0.03, 1.0876), (0.3, 1.0849), (3.0, 1.0951), (30.0, 1.0864)):
+    for threshold, value in ((0.03, 0.1681), (0.1, 0.1683), (0.2, 0.1673), (1.0, 0.4101), (3.0, 0.1685),
+                             (10.0, 0.2331)):  # fmt: skip
         _add(study, value, {"clip.threshold": threshold})
     r = recommend(study)
-    assert r.flat and r.value_range == (1.0849, 1.0951)
-    assert r.value_spread == pytest.approx((1.0951 - 1.0849) / 1.0849)
-    assert "note: every completed trial scored within 2% of the best (val/loss 1.0849..1.0951)" in r.describe()
-    assert r.to_dict()["flat"] is True and r.to_dict()["value_range"] == [1.0849, 1.0951]
-    # One trial that learned makes the difference measurable: no note.
-    _add(study, 0.002, {"clip.threshold": 0.1})
+    assert r.flat and r.median_value == pytest.approx(0.1684)
+    assert r.value_spread == pytest.approx((0.1684 - 0.1673) / 0.1673)
+    assert "note: the best trial is within 2% of the median one (val/loss 0.1673 vs 0.1684)" in r.describe()
+    assert r.to_dict()["flat"] is True and r.to_dict()["median_value"] == pytest.approx(0.1684)
+    # Trials that learned make the difference measurable: no note.
+    for threshold in (0.15, 0.25):
+        _add(study, 0.002, {"clip.threshold": threshold})
     learned = recommend(study)
     assert not learned.flat and "note:" not in learned.describe()
-    # A single completed trial has no range to judge.
+    # A single completed trial has nothing to be compared with.
     lone = _study(tmp_path, "lone")
     _add(lone, 1.08, {"clip.threshold": 0.3})
-    assert recommend(lone).value_range is None and not recommend(lone).flat
+    assert recommend(lone).median_value is None and not recommend(lone).flat
 
 
 def test_recommend_says_when_no_clipping_did_as_well_as_the_best(tmp_path: Path) -> None:
     study = _study(tmp_path)
     _add(study, 0.0100, {"clip": "norm", "clip.threshold": 0.3})
     _add(study, 0.0500, {"clip": "norm", "clip.threshold": 30.0})
+    _add(study, 0.0800, {"clip": "norm", "clip.threshold": 10.0})
     _add(study, 0.0101, {"clip": "none"}, method="none")
     r = recommend(study)
-    assert r.clip["threshold"] == 0.3 and not r.flat and r.unclipped.number == 2 and not r.clipping_matters
-    assert "note: clip=none (trial 2) scored val/loss=0.0101, within 2% of the best" in r.describe()
+    assert r.clip["threshold"] == 0.3 and not r.flat and r.unclipped.number == 3 and not r.clipping_matters
+    assert "note: clip=none (trial 3) scored val/loss=0.0101, within 2% of the best" in r.describe()
     _add(study, 0.0200, {"clip": "none"}, method="none")
-    assert recommend(study).unclipped.number == 2  # the best of the unclipped trials
+    assert recommend(study).unclipped.number == 3  # the best of the unclipped trials
     worse = _study(tmp_path, "worse")
     _add(worse, 0.0100, {"clip": "norm", "clip.threshold": 0.3})
     _add(worse, 0.0150, {"clip": "none"}, method="none")
