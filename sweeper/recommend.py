@@ -179,17 +179,36 @@ def recommend(
         and t.params.get("clip", best.method.value) == best.method.value
         and (p := space.point(t.params)) is not None
     ]
-    values = [c.value for c in candidates]
-    median = float(np.median(values)) if len(values) > 1 else None
-    unclipped = [c for c in candidates if c.method is ClipMethod.none]
-    plain = min(unclipped, key=lambda c: c.value if direction == "minimize" else -c.value) if unclipped else None
-    where = (study.study_name, objective, direction, settings, (median, plain))
+    where = (study.study_name, objective, direction, settings, _measured(trials, candidates, direction))
     if not space.dims:  # nothing numeric searched: the best trial is the only evidence
         return _recommendation(
             *where, best, best, [best], None, "no numeric parameter searched for this method: the best trial"
         )
     chosen, near, interval, rule = _robust_trial(space, located, failed, settings)
     return _recommendation(*where, best, chosen, near, interval, rule)
+
+
+def _measured(
+    trials: Sequence[optuna.trial.FrozenTrial], candidates: Sequence[TrialNorms], direction: str
+) -> tuple[float | None, TrialNorms | None]:
+    """(the median outcome of the sweep's trials, the best completed trial without clipping).
+
+    Pruned and diverged trials count as worse than every completed one: the pruner stopped them for
+    trailing, so a sweep whose completed trials are its few survivors did measure a difference. The
+    median is None with a single trial, or when such trials are the majority (not a sweep of equals).
+    """
+    worst = math.inf if direction == "minimize" else -math.inf
+    stopped = sum(
+        1
+        for t in trials
+        if t.state == TrialState.PRUNED
+        or (t.state == TrialState.COMPLETE and t.user_attrs.get(STATUS_ATTR, "finished") != "finished")
+    )
+    outcomes = [c.value for c in candidates] + [worst] * stopped
+    median = float(np.median(outcomes)) if len(outcomes) > 1 else None
+    unclipped = [c for c in candidates if c.method is ClipMethod.none]
+    plain = min(unclipped, key=lambda c: c.value if direction == "minimize" else -c.value) if unclipped else None
+    return (median if median is not None and math.isfinite(median) else None), plain
 
 
 def _evidence(trial: optuna.trial.FrozenTrial, steps: int) -> float:

@@ -75,7 +75,8 @@ class Recommendation:
     rule: str
     extrapolated: bool = False
     median_value: float | None = None
-    """The median objective of the completed trials the rule weighed (None with one trial)."""
+    """The median outcome of the sweep's trials, pruned and diverged ones counted as worse than any
+    completed one (None with one trial, or when those are the majority)."""
     unclipped: TrialNorms | None = None
     """The best completed trial without clipping (``clip=none``), when the sweep searched the method."""
 

@@ -286,6 +286,15 @@ def test_recommend_says_when_the_sweep_measured_no_difference_between_its_trials
         _add(study, 0.002, {"clip.threshold": threshold})
     learned = recommend(study)
     assert not learned.flat and "note:" not in learned.describe()
+    # The pruner's survivors alike: the trials it stopped for trailing are the difference measured.
+    survivors = _study(tmp_path, "survivors")
+    for threshold, value in ((0.05, 0.0020), (0.1, 0.0020), (0.2, 0.00202)):
+        _add(survivors, value, {"clip.threshold": threshold})
+    for threshold in (3.0, 10.0, 30.0):
+        _add(survivors, None, {"clip.threshold": threshold}, state=TrialState.PRUNED, reached=400)
+    assert recommend(survivors).median_value is None and not recommend(survivors).flat
+    _add(survivors, 0.0020, {"clip.threshold": 0.15})  # four alike of seven: the median is one of them again
+    assert recommend(survivors).flat
     # A single completed trial has nothing to be compared with.
     lone = _study(tmp_path, "lone")
     _add(lone, 1.08, {"clip.threshold": 0.3})
