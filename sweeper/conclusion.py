@@ -142,8 +142,8 @@ def conclude(
         study.set_user_attr(VALIDATION_ATTR, validation.to_dict())
     choice = choose(recommendation, validation, Which.auto)
     out = sweep_dir / "clip" / "best.yaml"  # its header's reproduce line runs it from here, as printed below
-    text = render(choice.clip, source(recommendation, choice, mask_url(plan.storage_url), out), ExportFormat.yaml,
-                  choice.params)  # fmt: skip
+    origin = source(recommendation, choice, mask_url(plan.storage_url), out)
+    text = render(choice.clip, origin, ExportFormat.yaml, choice.params)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     log_recommendation(parent, recommendation, validation)

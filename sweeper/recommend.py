@@ -313,7 +313,7 @@ def _recommendation(
     rule: str,
 ) -> Recommendation:
     """The chosen trial's config, or with a fixed ``percentile`` the threshold read off the good trials' norms.
-    ``measured``: the completed trials' median objective and the best one without clipping, which say
+    ``measured``: the sweep's median outcome and its best completed trial without clipping, which say
     whether the sweep measured a difference at all."""
     histogram = NormHistogram()
     for t in near:

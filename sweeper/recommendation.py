@@ -17,8 +17,8 @@ from clipsweep.names import CONFIG_ATTR, CONFIG_DIR_ATTR, FIXED_ATTR, NORMS_ATTR
 from clipsweep.telemetry import NormSegments
 
 FLAT = 0.02
-"""Completed trials all within this fraction of the best: a sweep that measured no difference (the
-benchmark's own bar for "as good as the best": 2%)."""
+"""The best trial within this fraction of the median trial, or of a trial without clipping: a sweep
+that measured no difference (the issue's own bar for "as good as the best": 2%)."""
 
 
 @dataclass
@@ -82,7 +82,7 @@ class Recommendation:
 
     @property
     def value_spread(self) -> float:
-        """How far the best trial beat the median one, as a fraction of the best value (nan with one trial):
+        """How far the best trial beat the median one, as a fraction of the best value (nan without a median):
         the median, not the worst, so one run that went badly does not make a sweep of equals look decisive."""
         if self.median_value is None:
             return math.nan
