@@ -174,14 +174,18 @@ class Recommendation:
         lines = [f"recommended: clip={self.clip.get('method')} {settings}".rstrip() + f" ({where}{value})"]
         if self.interval is not None:
             lo, hi = self.interval
-            lines.append(
-                f"  uncertainty: thresholds {lo:.3g}..{hi:.3g} were within tolerance of the best there "
-                f"({len(self.good)} good trials)"
-                if lo < hi
-                else f"  uncertainty: not bounded: no other trial near {lo:.3g} came within tolerance of the best "
-                f"(a lone good trial; to bound it, resume the study with more trials: the same sweep with "
-                f"hydra.sweeper.study_name={self.study} and a larger hydra.sweeper.n_trials)"
-            )
+            if lo < hi:
+                text = f"thresholds {lo:.3g}..{hi:.3g} were within tolerance of the best there"
+                text += f" ({len(self.good)} good trials)"
+            elif self.flat:  # more trials alike would not bound it either
+                text = f"not bounded: the sweep measured no difference to bound {lo:.3g} by (see the note)"
+            else:
+                text = (
+                    f"not bounded: no other trial near {lo:.3g} came within tolerance of the best (a lone good trial; "
+                    f"to bound it, resume the study with more trials: the same sweep with "
+                    f"hydra.sweeper.study_name={self.study} and a larger hydra.sweeper.n_trials)"
+                )
+            lines.append(f"  uncertainty: {text}")
         lines.append(f"  rule: {self.rule}")
         if self.flat and self.median_value is not None:
             lines.append(

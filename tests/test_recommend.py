@@ -280,6 +280,14 @@ def test_recommend_says_when_the_sweep_measured_no_difference_between_its_trials
     assert r.flat and r.median_value == pytest.approx(0.1684)
     assert r.value_spread == pytest.approx((0.1684 - 0.1673) / 0.1673)
     assert "note: the best trial is within 2% of the median one (val/loss 0.1673 vs 0.1684)" in r.describe()
+    # A lone best among equals far from it: more trials alike would not bound it, so no advice to add them.
+    apart = _study(tmp_path, "apart")
+    for threshold, value in ((0.01, 0.1673), (0.5, 0.1681), (5.0, 0.1683), (60.0, 0.1685)):
+        _add(apart, value, {"clip.threshold": threshold})
+    alone = recommend(apart)
+    assert alone.flat and alone.interval == (0.01, 0.01)
+    assert "uncertainty: not bounded: the sweep measured no difference to bound 0.01 by" in alone.describe()
+    assert "resume the study" not in alone.describe()
     assert r.to_dict()["flat"] is True and r.to_dict()["median_value"] == pytest.approx(0.1684)
     # Trials that learned make the difference measurable: no note.
     for threshold in (0.15, 0.25):
