@@ -80,20 +80,22 @@ class Recommendation:
     unclipped: TrialNorms | None = None
     """The best completed trial without clipping (``clip=none``), when the sweep searched the method."""
 
+    def _gap_to_best(self, value: float) -> float:
+        """How far ``value`` is from the best trial's, as a fraction of the best value."""
+        return abs(value - self.best.value) / max(abs(self.best.value), 1e-12)
+
     @property
     def value_spread(self) -> float:
         """How far the best trial beat the median one, as a fraction of the best value (nan without a median):
         the median, not the worst, so one run that went badly does not make a sweep of equals look decisive."""
-        if self.median_value is None:
-            return math.nan
-        return abs(self.median_value - self.best.value) / max(abs(self.best.value), 1e-12)
+        return math.nan if self.median_value is None else self._gap_to_best(self.median_value)
 
     @property
     def clipping_matters(self) -> bool:
         """False when a trial without clipping came within ``FLAT`` of the best trial (which clipped)."""
         if self.unclipped is None or self.best.method is ClipMethod.none:
             return True
-        return abs(self.unclipped.value - self.best.value) > FLAT * max(abs(self.best.value), 1e-12)
+        return self._gap_to_best(self.unclipped.value) > FLAT
 
     @property
     def flat(self) -> bool:
