@@ -32,6 +32,7 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import fields
 
 import optuna
 from omegaconf import DictConfig, OmegaConf
@@ -182,8 +183,9 @@ def main_benchmark() -> None:
     )
     args = parser.parse_args()
     if args.calibrate_only:
-        chosen = {key: float(value) for key, value in (item.split("=", 1) for item in args.calibrate)}
-        settings = CalibrateSettings(**{k: int(v) if k in ("grid", "eta") else v for k, v in chosen.items()})
+        types = {spec.name: type(spec.default) for spec in fields(CalibrateSettings)}
+        chosen = (item.split("=", 1) for item in args.calibrate)
+        settings = CalibrateSettings(**{key: types[key](value) for key, value in chosen})
         for name in args.settings:
             calibrate_only(name, SETTINGS[name], args.seeds, settings)
         return

@@ -45,6 +45,13 @@ def user_config_dir(config: DictConfig) -> str | None:
     return None
 
 
+def user_search_path(config: DictConfig) -> list[str]:
+    """A running app's ``hydra.searchpath`` overrides: a sweep that named its config dir that way, in
+    place of ``--config-dir``, needs them again in the command that reproduces one of its trials."""
+    overrides = [str(o) for o in OmegaConf.select(config, "hydra.overrides.hydra") or []]
+    return [o for o in overrides if o.partition("=")[0].lstrip("+") == "hydra.searchpath"]
+
+
 def split_hydra_args(args: Sequence[str]) -> tuple[list[str], str | None, str]:
     """(overrides, --config-dir, --config-name) from a Hydra command line."""
     overrides: list[str] = []
@@ -90,17 +97,24 @@ def _with_search_path(overrides: Sequence[str], config_dir: str | None) -> list[
     ``clipsweep run``), then the user's own entries. Hydra's compose API takes no ``--config-dir``, and
     of two searchpath overrides it reads one, so a second config dir given as ``hydra.searchpath``
     (the sweep dir holding ``clip/best.yaml`` beside the user's ``--config-dir``) would be lost."""
+    entries, rest = search_path_entries(overrides)
+    entries = [*([f"file://{Path(config_dir).resolve()}"] if config_dir else []), *map(_absolute, entries)]
+    return [*rest, search_path_override(entries)] if entries else rest
+
+
+def search_path_entries(overrides: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the entries of the ``hydra.searchpath`` overrides among ``overrides``, the other overrides)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    entries = [f"file://{Path(config_dir).resolve()}"] if config_dir else []
-    rest = []
+    entries: list[str] = []
+    rest: list[str] = []
     for override in overrides:
         if override.partition("=")[0].lstrip("+") == "hydra.searchpath":
             value = OverridesParser.create().parse_override(override).value()
-            entries += [_absolute(str(v)) for v in (value if isinstance(value, list) else [value])]
+            entries += [str(v) for v in (value if isinstance(value, list) else [value])]
         else:
             rest.append(override)
-    return [*rest, search_path_override(entries)] if entries else rest
+    return entries, rest
 
 
 def search_path_override(entries: Sequence[str]) -> str:

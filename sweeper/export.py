@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from clipsweep.clipping import ClipMethod, clipper_class
-from clipsweep.composition import search_path_override
+from clipsweep.composition import search_path_entries, search_path_override
 from clipsweep.errors import ConfigError
 from clipsweep.recommendation import FLAT, Recommendation, TrialNorms
 from clipsweep.validation import Validation
@@ -117,15 +117,17 @@ def run_command(
     (``task=my_task``), and the one holding the clip file. Hydra takes one ``--config-dir``; a second
     goes on ``hydra.searchpath``; ``./conf`` alone needs neither (clipsweep finds it itself)."""
     # The clip config is given last and whole; search presets and hydra.* only steered the search.
+    # The config dirs it named (--config-dir, hydra.searchpath) are kept, in one searchpath override.
     owned = ("hydra.", "search=", "clip=", "clip.", "+clip.", "++clip.", "~clip")
+    searched, overrides = search_path_entries(overrides)
     kept = [o for o in overrides if not o.startswith(owned)]
     in_group = clip_file is not None and clip_file.parent.name == "clip"
     clip_dir = clip_file.parent.parent if in_group else None
     clip = list(clip) or [f"clip={clip_file.stem if in_group else 'best'}"]
     dirs = list(dict.fromkeys(_shown(d) for d in (config_dir, clip_dir) if d is not None))
     where = [] if dirs in ([], ["conf"]) else ["--config-dir", shlex.quote(dirs[0])]
-    if len(dirs) > 1:
-        where.append(shlex.quote(search_path_override([f"file://{dirs[1]}"])))
+    if extra := [*(f"file://{d}" for d in dirs[1:]), *searched]:
+        where.append(shlex.quote(search_path_override(extra)))
     return " ".join(["clipsweep run", *where, *(shlex.quote(o) for o in kept), *clip])
 
 

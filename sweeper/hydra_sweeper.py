@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from clipsweep import interrupts, launching
 from clipsweep import study as studies
-from clipsweep.composition import user_config_dir
+from clipsweep.composition import user_config_dir, user_search_path
 from clipsweep.conclusion import browse_line, conclude, write_results
 from clipsweep.cores import usable_cores
 from clipsweep.errors import ConfigError, Refused, SweepFailed
@@ -325,7 +325,8 @@ class OptunaSweeper(Sweeper):
         for attr, key in ((NORMS_ATTR, "norms"), (CONFIG_ATTR, "config")):
             if key in result:  # what recommend and export read back from the storage alone
                 trial.set_user_attr(attr, result[key])
-        trial.set_user_attr(FIXED_ATTR, [mask_url(o) for o in plan.space.fixed])  # export's reproduce line
+        fixed = [*plan.space.fixed, *user_search_path(self.config)]
+        trial.set_user_attr(FIXED_ATTR, [mask_url(o) for o in fixed])  # export's reproduce line
         if (config_dir := user_config_dir(self.config)) is not None:
             trial.set_user_attr(CONFIG_DIR_ATTR, config_dir)  # and where its task=my_task comes from
         run_id = result.get("mlflow_run_id")

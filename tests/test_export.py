@@ -161,6 +161,17 @@ def test_export_run_command_names_each_config_dir_it_needs_once(tmp_path: Path, 
     assert run_command(fixed, None, Path("clip.yaml"), ["clip=norm", "clip.threshold=0.3"]) == (
         "clipsweep run model=small clip=norm clip.threshold=0.3"
     )
+    # A config dir the sweep named on the search path stays there, after the one holding the clip file.
+    searched = ["hydra.searchpath=[file://mine]", *fixed]
+    assert run_command(searched, None, Path("conf/clip/ours.yaml")) == (
+        "clipsweep run 'hydra.searchpath=[file://mine]' model=small clip=ours"
+    )
+    assert run_command(searched, None, Path("runs/clip/best.yaml")) == (
+        "clipsweep run --config-dir runs 'hydra.searchpath=[file://mine]' model=small clip=best"
+    )
+    assert run_command(["hydra.searchpath=[file://mine]"], "/a", Path("runs/clip/best.yaml")) == (
+        "clipsweep run --config-dir /a 'hydra.searchpath=[file://runs,file://mine]' clip=best"
+    )
     odd = run_command([], None, Path("/my runs/x/clip/best.yaml"))  # outside the working directory, with a space
     assert odd == "clipsweep run --config-dir '/my runs/x' clip=best"
     assert run_command(["task.path=my file.csv"], "/my runs/x", Path("a,b/clip/c.yaml")) == (

@@ -80,8 +80,17 @@ def test_export_command_yaml_reproduces_the_exported_trial_with_clip_best(in_swe
     assert rerun.data.metrics["val/loss"] == pytest.approx(best.value, rel=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("named", "printed_dirs", "reproduce_dirs"),
+    [
+        (("--config-dir", "mine"), "--config-dir mine 'hydra.searchpath=[file://multirun/",
+         "--config-dir mine 'hydra.searchpath=[file://conf]' "),
+        # Named on the search path instead: kept there, beside the dir that holds the clip file.
+        (("hydra.searchpath=[file://mine]",), "--config-dir multirun/", "'hydra.searchpath=[file://mine]' "),
+    ],
+)  # fmt: skip
 def test_sweep_from_a_users_config_dir_prints_commands_that_reproduce_the_trial(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    named: tuple[str, ...], printed_dirs: str, reproduce_dirs: str, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     """The user's own group (``--config-dir mine model=small``) and the file holding ``clip/best.yaml``
     are two config dirs: the sweep's "train with it" line and the export's reproduce line name both."""
@@ -90,16 +99,16 @@ def test_sweep_from_a_users_config_dir_prints_commands_that_reproduce_the_trial(
         "defaults:\n  - /schema/model@_here_: rnn\n  - _self_\ncell: gru\n"
     )
     monkeypatch.chdir(tmp_path)
-    args = ("--config-dir", "mine", "model=small", "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=own")
+    args = (*named, "model=small", "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=own")
     # On the CPU (a fixed override the commands carry): cuDNN does not promise bit-equal reruns.
     assert main(["sweep", *TINY, *args, "train.device=cpu"]) == 0
     (line,) = [x for x in capsys.readouterr().out.splitlines() if "train with it: " in x]
     printed = line.split("train with it: ")[1]
-    assert printed.startswith("clipsweep run --config-dir mine 'hydra.searchpath=[file://multirun/")
+    assert printed.startswith(f"clipsweep run {printed_dirs}")
     assert printed.endswith(" model=small train.device=cpu clip=best")
     assert main(["export", "--out", "conf/clip/mine.yaml"]) == 0  # the storage's only study
     reproduce = capsys.readouterr().err.split("reproduce: ")[1].strip()
-    assert reproduce.startswith("clipsweep run --config-dir mine 'hydra.searchpath=[file://conf]' ")
+    assert reproduce.startswith(f"clipsweep run {reproduce_dirs}")
     assert reproduce.endswith(" model=small train.device=cpu clip=mine")
     exported = yaml.safe_load((tmp_path / "conf" / "clip" / "mine.yaml").read_text())
     study = load_study(tmp_path, "own")
