@@ -49,7 +49,11 @@ def user_search_path(config: DictConfig) -> list[str]:
     """A running app's ``hydra.searchpath`` overrides: a sweep that named its config dir that way, in
     place of ``--config-dir``, needs them again in the command that reproduces one of its trials."""
     overrides = [str(o) for o in OmegaConf.select(config, "hydra.overrides.hydra") or []]
-    return [o for o in overrides if o.partition("=")[0].lstrip("+") == "hydra.searchpath"]
+    return [o for o in overrides if _is_search_path(o)]
+
+
+def _is_search_path(override: str) -> bool:
+    return override.partition("=")[0].lstrip("+") == "hydra.searchpath"
 
 
 def split_hydra_args(args: Sequence[str]) -> tuple[list[str], str | None, str]:
@@ -109,7 +113,7 @@ def search_path_entries(overrides: Sequence[str]) -> tuple[list[str], list[str]]
     entries: list[str] = []
     rest: list[str] = []
     for override in overrides:
-        if override.partition("=")[0].lstrip("+") == "hydra.searchpath":
+        if _is_search_path(override):
             value = OverridesParser.create().parse_override(override).value()
             entries += [str(v) for v in (value if isinstance(value, list) else [value])]
         else:
