@@ -90,7 +90,12 @@ def test_export_command_yaml_reproduces_the_exported_trial_with_clip_best(in_swe
     ],
 )  # fmt: skip
 def test_sweep_from_a_users_config_dir_prints_commands_that_reproduce_the_trial(
-    named: tuple[str, ...], printed_dirs: str, reproduce_dirs: str, tmp_path: Path, monkeypatch, capsys
+    named: tuple[str, ...],
+    printed_dirs: str,
+    reproduce_dirs: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The user's own group (``--config-dir mine model=small``) and the file holding ``clip/best.yaml``
     are two config dirs: the sweep's "train with it" line and the export's reproduce line name both."""
