@@ -184,8 +184,10 @@ def main_benchmark() -> None:
     args = parser.parse_args()
     if args.calibrate_only:
         types = {spec.name: type(spec.default) for spec in fields(CalibrateSettings)}
-        chosen = (item.split("=", 1) for item in args.calibrate)
-        settings = CalibrateSettings(**{key: types[key](value) for key, value in chosen})
+        chosen = dict(item.split("=", 1) for item in args.calibrate)
+        if unknown := sorted(set(chosen) - set(types)):
+            parser.error(f"--calibrate {', '.join(unknown)}: not a calibrate setting; one of {', '.join(types)}")
+        settings = CalibrateSettings(**{key: types[key](value) for key, value in chosen.items()})
         for name in args.settings:
             calibrate_only(name, SETTINGS[name], args.seeds, settings)
         return
