@@ -18,7 +18,7 @@ mark() { echo "[$(($(date +%s) - started)) s] $*"; }
 } 2>&1 | tee "$out/env.txt"
 
 mark "suite"
-workers=$(python3 -c "import importlib.util as u; print('-n 14' if u.find_spec('xdist') else '')")
+workers=$(python3 -c "import importlib.util as u; print('-n 14 --dist loadfile' if u.find_spec('xdist') else '')")
 timeout "${SUITE_SECONDS:-200}" python3 -m pytest -q $workers -p no:cacheprovider > "$out/suite.txt" 2>&1
 echo "suite rc=$?" >> "$out/suite.txt"
 tail -25 "$out/suite.txt"

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from clipsweep.composition import compose
+from clipsweep.cores import usable_cores
 
 TOXIC = ["idiot", "stupid", "hate", "moron", "trash", "loser", "dumb", "ugly"]
 CLEAN = ["thanks", "great", "helpful", "agree", "nice", "interesting", "welcome", "useful"]
@@ -42,10 +43,27 @@ def write_text_csv(path: Path, n: int = 200, seed: int = 0) -> Path:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that need PostgreSQL or an mlflow server are ``stack`` tests, wherever they live."""
+    """Tests that need PostgreSQL or an mlflow server are ``stack`` tests, wherever they live; ``cluster``
+    tests live in one file (see ``pytest_xdist_auto_num_workers``)."""
     for item in items:
         if {"postgres_url", "mlflow_server"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.stack)
+    homes = sorted({item.path.name for item in items if item.get_closest_marker("cluster")})
+    if len(homes) > 1:
+        raise pytest.UsageError(f"cluster tests in {', '.join(homes)}: keep them in one file, which one xdist "
+                                "worker runs test after test (they share the machine's Ray processes)")  # fmt: skip
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker per core this process may use (a CPU quota or affinity counts, which
+    xdist's own guess from ``os.cpu_count()`` does not see).
+
+    README's command runs ``--dist loadfile``: a file's tests stay in one worker, one after another.
+    Tests in different files share nothing but the real services, which take concurrent clients: each
+    test run has its own databases and mlflow server port, and no test stops PostgreSQL. The Ray and
+    submitit tests, which end every Ray process on the machine (``ray stop --force``) and find their
+    jobs in ``ps``, all live in ``test_launching.py``, so they never run beside one another."""
+    return usable_cores()
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """Sweeps on the engines users take beyond one machine, run for real: a local Ray cluster started as its
 own process (another working directory, no clipsweep environment) and submitit's local executor (the
 SLURM code path up to the scheduler call), against PostgreSQL and an ``mlflow server``; and their faults:
-a Ray worker killed mid-trial, a submitit job past its time limit, a node that cannot reach the storage."""
+a Ray worker killed mid-trial, a submitit job past its time limit, a node that cannot reach the storage.
+Every ``cluster`` test lives here: one xdist worker runs this file's tests one after another (conftest)."""
 
 from __future__ import annotations
 
