@@ -1,11 +1,11 @@
-"""Issue 3 (c): TPE vs random vs grid: trials needed to come within 2% of the best grid value.
+"""Issue 3 (c): TPE vs random vs grid (and GP, QMC on request): trials to come within 2% of the best grid value.
 
 The grid is 5 thresholds x 4 learning rates on the default task (log-spaced over the box below);
-TPE and random search the same box continuously (log scale), with the same trial budget as the
+the other samplers search the same box continuously (log scale), with the same trial budget as the
 grid. For each sampler the script prints the first trial whose validation loss is within 2% of the
 best grid value (or that it never got there), and its best value. No pruner, tracking off.
 
-    python benchmarks/samplers.py [--steps 300] [--seed 0]
+    python benchmarks/samplers.py [--steps 300] [--seed 0] [--samplers tpe random gp qmc]
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ def main_benchmark() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samplers", nargs="+", default=["tpe", "random"], choices=["tpe", "random", "gp", "qmc"],
+                        help="searched continuously beside the grid (hydra/sweeper/sampler=NAME)")  # fmt: skip
     args = parser.parse_args()
     budget = len(THRESHOLDS) * len(LEARNING_RATES)
     grid_space = [f"clip.threshold=choice({','.join(map(str, THRESHOLDS))})",
@@ -45,11 +47,9 @@ def main_benchmark() -> None:
            f"optim.lr=tag(log, interval({LEARNING_RATES[0]}, {LEARNING_RATES[-1]}))"]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
-        values = {
-            "grid": run("grid", "grid", grid_space, budget, args.steps, args.seed),
-            "tpe": run("tpe", "tpe", box, budget, args.steps, args.seed),
-            "random": run("random", "random", box, budget, args.steps, args.seed),
-        }
+        values = {"grid": run("grid", "grid", grid_space, budget, args.steps, args.seed)}
+        for sampler in args.samplers:
+            values[sampler] = run(sampler, sampler, box, budget, args.steps, args.seed)
     target = min(values["grid"]) * 1.02
     print(f"{budget} trials each, {args.steps} steps a trial, seed {args.seed}; best grid value "
           f"{min(values['grid']):.5g}, target <= {target:.5g}:")  # fmt: skip
