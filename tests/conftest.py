@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from clipsweep.composition import compose
-from clipsweep.cores import usable_cores
+from clipsweep.cores import CGROUP_ROOT, usable_cores
 
 TOXIC = ["idiot", "stupid", "hate", "moron", "trash", "loser", "dumb", "ugly"]
 CLEAN = ["thanks", "great", "helpful", "agree", "nice", "interesting", "welcome", "useful"]
@@ -54,16 +54,39 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                                 "worker runs test after test (they share the machine's Ray processes)")  # fmt: skip
 
 
+WORKER_MEMORY = 3 * 2**30
+"""What ``-n auto`` leaves each worker: a worker with the sweeps it starts peaked at ~4.2 GB of Python
+processes (test_hydra_sweeper.py and test_batched_launcher.py, one worker, RSS sampled every 0.5 s);
+peaks of different workers seldom meet."""
+
+
+def _available_memory() -> int | None:
+    """Bytes this process could still take: MemAvailable, capped by a cgroup v2 memory limit."""
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        available = int(meminfo["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        limit = (CGROUP_ROOT / "memory.max").read_text().strip()
+        if limit != "max":
+            available = min(available, int(limit) - int((CGROUP_ROOT / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return available
+
+
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto``: one worker per core this process may use (a CPU quota or affinity counts, which
-    xdist's own guess from ``os.cpu_count()`` does not see).
+    xdist's own guess from ``os.cpu_count()`` does not see), as many as the memory holds.
 
     README's command runs ``--dist loadfile``: a file's tests stay in one worker, one after another.
     Tests in different files share nothing but the real services, which take concurrent clients: each
     test run has its own databases and mlflow server port, and no test stops PostgreSQL. The Ray and
     submitit tests, which end every Ray process on the machine (``ray stop --force``) and find their
     jobs in ``ps``, all live in ``test_launching.py``, so they never run beside one another."""
-    return usable_cores()
+    cores, memory = usable_cores(), _available_memory()
+    return max(1, cores if memory is None else min(cores, memory // WORKER_MEMORY))
 
 
 @pytest.fixture
