@@ -108,9 +108,7 @@ class RunRecorder:
             window = self.telemetry.drain()
             self.windows.append(window)
             self.tracker.log_metrics(window.metrics())
-            self.train_loss = _mean_finite(window.values["train/loss"])
-            norms = window.values["grad/norm"][window.finite]
-            self.norm = float(np.median(norms)) if norms.size else self.norm
+            self._shown(window.values["train/loss"], window.values["grad/norm"], window.finite)
             self.progress.window(self.done, self.train_loss, self.norm)
             thresholds = window.values["grad/threshold"][window.finite]
             self.last_threshold = float(thresholds[-1]) if thresholds.size else self.last_threshold
@@ -118,6 +116,8 @@ class RunRecorder:
                 self.status = "diverged"
                 return True
         if self.done % self.eval_every == 0 or last:
+            if (pending := self.telemetry.pending()) is not None:  # the window is not full yet
+                self._shown(*pending)
             self.val = evaluate()
             self.progress.evaluated(self.done, self.train_loss, self.norm, self.val)
             self.tracker.log_metrics((k, v, self.done) for k, v in self.val.items())
@@ -128,6 +128,12 @@ class RunRecorder:
                 self.status = "stopped"
                 return True
         return last
+
+    def _shown(self, loss: np.ndarray, norm: np.ndarray, finite: np.ndarray) -> None:
+        """What the progress shows: the steps' mean finite train loss, their median finite norm."""
+        self.train_loss = _mean_finite(loss)
+        norms = norm[finite]
+        self.norm = float(np.median(norms)) if norms.size else self.norm
 
     def wants_evaluation(self, step: int) -> bool:
         """Whether ``after_step(step)`` will evaluate, unless a diverged window ends the run first."""

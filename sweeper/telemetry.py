@@ -243,6 +243,17 @@ class Telemetry:
     def full(self) -> bool:
         return self._n >= self.log_every
 
+    def pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(train loss, pre-clip norm, finite) of the rows recorded since the last drain, left in place.
+
+        For an evaluation due before its window is full (``eval_every`` not a multiple of
+        ``log_every``), whose progress line would otherwise show NaN or a stale window. One host
+        read; an evaluation synchronises anyway."""
+        if self._n == 0:
+            return None
+        host = self._rows[: self._n].cpu().numpy().astype(np.float64)
+        return host[:, _LOSS], host[:, _NORM], host[:, _FINITE] > 0.5
+
     def drain(self) -> Window | None:
         """Move the recorded rows to the host, fold them into the summary and reset the buffer."""
         if self._n == 0:

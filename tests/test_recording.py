@@ -18,3 +18,15 @@ def test_recording_a_run_stopped_before_its_first_window_still_reports_its_train
     assert (result.status, result.steps) == ("stopped", 5)
     assert math.isfinite(result.train_loss) and result.train_loss > 0
     assert result.summary.steps == 5
+
+
+def test_recording_an_evaluation_before_its_window_is_full_shows_the_steps_so_far(config, capsys) -> None:
+    # eval_every=5, log_every=10: the line at step 5 showed "train/loss nan | grad norm nan". It must
+    # show what a run whose window closes at step 5 shows for the same five steps.
+    lines = {}
+    for steps, log_every in ((5, 5), (10, 10)):
+        setup = build(config(*SMALL, f"train.steps={steps}", "train.eval_every=5", f"tracking.log_every={log_every}"))
+        train(setup, NullTracker())
+        lines[log_every] = next(line for line in capsys.readouterr().out.splitlines() if " step 5/" in line)
+    shown = [line.split(" | ")[1:4] for line in lines.values()]
+    assert "nan" not in lines[10] and shown[0] == shown[1], lines
