@@ -201,9 +201,9 @@ class OptunaSweeper(Sweeper):
                         own.add(trial._trial_id)
                         heartbeat.add(trial._trial_id)
                 if not batch:
-                    if asked:  # every asked trial failed to compose: the budget decides what next
+                    if asked:  # every asked trial repeated one or failed to compose: the budget decides
                         continue
-                    if retrying(studies.foreign_running, study, own) or retrying(self._retry_waiting, study):
+                    if retrying(studies.foreign_running, study, own) or retrying(studies.has_waiting, study):
                         time.sleep(_POLL_SECONDS)  # another worker's trial may still fail and come back
                         continue
                     return None
@@ -224,19 +224,18 @@ class OptunaSweeper(Sweeper):
                     raise
                 print(retrying(self._progress, plan, study), flush=True)
 
-    @staticmethod
-    def _retry_waiting(study: optuna.Study) -> bool:
-        return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-
     def _trial_overrides(
         self, plan: SweepPlan, study: optuna.Study, trial: Trial, parent: Tracker
     ) -> tuple[list[str], DictConfig] | None:
         """The trial's overrides and its composed config (which the launcher reuses: composing costs
-        ~0.15-0.3 s, see ``TrialComposer``), or None when they do not compose (the trial is failed)."""
+        ~0.15-0.3 s, see ``TrialComposer``), or None: a repeat (told) or overrides that do not compose."""
         try:
             plan.space.suggest(trial)
             if plan.custom_search_space is not None:
                 plan.custom_search_space(self.config, trial)
+            if (done := studies.tell_if_repeat(study, trial, self._fixed(plan))) is not None:
+                print(f"[clipsweep] trial {trial.number} repeats trial {done.number}: told its values", flush=True)
+                return None
             overrides = plan.space.overrides(trial.params)
             env = {TRIAL_ID_ENV: trial._trial_id, TRIAL_NUMBER_ENV: trial.number, STUDY_ENV: plan.study_name}
             if parent.run_id:
@@ -258,6 +257,9 @@ class OptunaSweeper(Sweeper):
             self._fail(study, trial, f"config did not compose: {err}".splitlines()[0])
             return None
 
+    def _fixed(self, plan: SweepPlan) -> list[str]:
+        return [mask_url(o) for o in [*plan.space.fixed, *user_search_path(self.config)]]
+
     def _thread_overrides(self, plan: SweepPlan) -> list[str]:
         """Parallel local jobs share the cores: each gets cores / n_jobs torch threads unless set."""
         launcher = str(self.config.hydra.launcher.get("_target_", ""))
@@ -278,8 +280,7 @@ class OptunaSweeper(Sweeper):
         trial.set_user_attr(INTERRUPTED_ATTR, True)
         studies.tell(study, trial, state=TrialState.FAIL)
         study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF_ATTR: trial.number})
-        run_id = _recorded_run(study, trial)
-        if run_id:
+        if run_id := _recorded_run(study, trial):
             parent.end_other_run(run_id, "KILLED", {TRIAL_STATE_TAG: "FAIL (interrupted)"})
 
     @staticmethod
@@ -325,8 +326,7 @@ class OptunaSweeper(Sweeper):
         for attr, key in ((NORMS_ATTR, "norms"), (CONFIG_ATTR, "config")):
             if key in result:  # what recommend and export read back from the storage alone
                 trial.set_user_attr(attr, result[key])
-        fixed = [*plan.space.fixed, *user_search_path(self.config)]
-        trial.set_user_attr(FIXED_ATTR, [mask_url(o) for o in fixed])  # export's reproduce line
+        trial.set_user_attr(FIXED_ATTR, self._fixed(plan))  # export's reproduce line
         if (config_dir := user_config_dir(self.config)) is not None:
             trial.set_user_attr(CONFIG_DIR_ATTR, config_dir)  # and where its task=my_task comes from
         run_id = result.get("mlflow_run_id")

@@ -29,6 +29,8 @@ LOST_ATTR = "clipsweep.lost"
 re-enqueued up to ``max_retry`` times."""
 RETRY_OF_ATTR = "clipsweep.retry_of"
 """Set on the re-enqueued copy of an interrupted trial: the number it retries."""
+REPEAT_OF_ATTR = "clipsweep.repeat_of"
+"""Set on a trial asked with a completed trial's parameters: told that trial's values, never run."""
 RUN_ID_ATTR = "mlflow_run_id"
 """The trial's MLflow run, recorded by the job as soon as the run starts."""
 

@@ -23,8 +23,11 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from clipsweep.errors import ConfigError
 from clipsweep.names import (
+    CONFIG_ATTR,
     FAIL_REASON_ATTR,
+    FIXED_ATTR,
     PARENT_RUN_ENV,
+    REPEAT_OF_ATTR,
     RETRY_OF_ATTR,
     RUN_ID_ATTR,
     STUDY_ENV,
@@ -156,6 +159,29 @@ def ask_within_budget(study: optuna.Study, n_trials: int) -> Trial | None:
         tell(study, trial, state=TrialState.FAIL)
         return None
     return trial
+
+
+def has_waiting(study: optuna.Study) -> bool:
+    return bool(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def tell_if_repeat(study: optuna.Study, trial: Trial, fixed: Sequence[str]) -> FrozenTrial | None:
+    """Tell ``trial`` the values of a completed trial with its parameters and fixed overrides, and
+    return that trial; None (nothing told) when there is none.
+
+    A search space with a choice that has no parameters of its own (``clip=none`` in
+    ``search=method_threshold``), or a sampler that draws a point again, asks for a config the study
+    has trained: with the same seed a CPU run repeats it to the last digit. Optuna's FAQ recipe: report
+    the earlier result instead of training it again. The trial keeps no config or norms of its own, so
+    the recommendation counts the point once.
+    """
+    params = trial.params
+    for done in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if done.params == params and CONFIG_ATTR in done.user_attrs and done.user_attrs.get(FIXED_ATTR) == fixed:
+            trial.set_user_attr(REPEAT_OF_ATTR, done.number)
+            tell(study, trial, done.values)
+            return done
+    return None
 
 
 def retry_depth(study: optuna.Study, number: int) -> int:

@@ -17,7 +17,7 @@ from conftest import TINY, load_study, mlflow_runs, run_sweep, with_pythonpath
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from clipsweep.names import CONFIG_ATTR, NORMS_ATTR, PARENT_RUN_ATTR
+from clipsweep.names import CONFIG_ATTR, NORMS_ATTR, PARENT_RUN_ATTR, REPEAT_OF_ATTR
 from clipsweep.recommend import recommend
 
 pytestmark = pytest.mark.slow
@@ -49,6 +49,20 @@ def _faulty_setup(tmp_path: Path) -> dict[str, str]:
         "_target_: faulty_model.FaultyModel\nmode: ok\ncell: lstm\nhidden_size: 8\nnum_layers: 1\ndropout: 0.0\n"
     )
     return with_pythonpath(tmp_path)
+
+
+def test_sweep_repeat_of_a_completed_trial_is_told_its_values_and_trains_nothing(tmp_path: Path) -> None:
+    # A one-point space: the random sampler asks for the same config three times; one run trains it.
+    done = run_sweep(tmp_path, "search=none", "clip.threshold=choice(0.5)", "hydra/sweeper/sampler=random",
+                     "hydra.sweeper.n_trials=3", "hydra.sweeper.study_name=rep")  # fmt: skip
+    assert "trial 1 repeats trial 0: told its values" in done.stdout and "trial 2 repeats trial 0" in done.stdout
+    trials = load_study(tmp_path, "rep").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 and len({t.value for t in trials}) == 1
+    assert [t.user_attrs.get(REPEAT_OF_ATTR) for t in trials] == [None, 0, 0]
+    assert CONFIG_ATTR in trials[0].user_attrs and all(CONFIG_ATTR not in t.user_attrs for t in trials[1:])
+    _, runs = mlflow_runs(tmp_path)
+    trial_runs = [r for r in runs if r.data.tags.get("clipsweep.role") != "sweep"]
+    assert [r.data.tags["clipsweep.trial_number"] for r in trial_runs] == ["0"] and len(runs) == 2
 
 
 def test_sweep_records_study_parent_and_child_runs_and_results(tmp_path: Path) -> None:

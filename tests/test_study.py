@@ -1,5 +1,5 @@
 """The job's side of a trial (``clipsweep.study.TrialReporter``) on a real SQLite study and a real
-Optuna median pruner."""
+Optuna median pruner; the sweep's repeats of completed trials."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
-from clipsweep.names import STUDY_ENV, TRIAL_ID_ENV, TRIAL_NUMBER_ENV
-from clipsweep.study import TrialReporter
+from clipsweep.names import CONFIG_ATTR, FIXED_ATTR, REPEAT_OF_ATTR, STUDY_ENV, TRIAL_ID_ENV, TRIAL_NUMBER_ENV
+from clipsweep.study import TrialReporter, tell_if_repeat
 
 STEPS = list(range(10, 101, 10))
 
@@ -55,3 +56,22 @@ def test_trial_reporter_from_environment_scales_pruning_warmup_by_the_jobs_steps
     reporter = TrialReporter.from_environment(settings, steps=100)
     assert reporter is not None and reporter.warmup_steps == pytest.approx(45.0)
     assert _asked_from(reporter)[0] == 50  # the pruner built from the job's config, asked from 45 steps on
+
+
+def test_tell_if_repeat_tells_only_a_completed_trial_with_the_same_parameters_and_overrides(tmp_path: Path) -> None:
+    study = optuna.create_study(study_name="r", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    space = {"x": optuna.distributions.FloatDistribution(0.01, 10, log=True)}
+    attrs = {CONFIG_ATTR: {}, FIXED_ATTR: ["train.steps=20"]}  # a trial the sweep ran, with these overrides
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=space, value=0.25, user_attrs=attrs))
+    for x, fixed, repeats in ((0.5, ["train.steps=30"], False), (0.6, ["train.steps=20"], False),
+                              (0.5, ["train.steps=20"], True)):  # fmt: skip
+        study.enqueue_trial({"x": x})
+        trial = study.ask()
+        trial.suggest_float("x", 0.01, 10, log=True)
+        done = tell_if_repeat(study, trial, fixed)
+        told = study.trials[trial.number]
+        assert (done is not None, told.state == TrialState.COMPLETE) == (repeats, repeats), (x, fixed)
+        if repeats:
+            assert done.number == 0 and told.value == 0.25 and told.user_attrs == {REPEAT_OF_ATTR: 0}
+        else:
+            study.tell(trial, state=TrialState.FAIL)
