@@ -20,6 +20,7 @@ from clipsweep.names import (
     INTERRUPTED_ATTR,
     LOST_ATTR,
     NORMS_ATTR,
+    REPEAT_OF_ATTR,
     RUN_ID_ATTR,
     STATUS_ATTR,
     SURPLUS_ATTR,
@@ -40,9 +41,15 @@ def _outcome(trial: optuna.trial.FrozenTrial) -> str:
         return "lost (retried)"
     if status == "diverged":
         return "diverged"
+    if REPEAT_OF_ATTR in trial.user_attrs:
+        return "repeat (not trained)"
     return {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}.get(
         trial.state.name, trial.state.name.lower()
     )
+
+
+def _repeat(trial: optuna.trial.FrozenTrial) -> str:
+    return f"repeats trial {trial.user_attrs[REPEAT_OF_ATTR]}" if REPEAT_OF_ATTR in trial.user_attrs else ""
 
 
 def _clip_fraction(trial: optuna.trial.FrozenTrial) -> float | None:
@@ -68,7 +75,7 @@ def rows(study: optuna.Study, objectives: Sequence[str]) -> list[dict[str, Any]]
                 "step": last,
                 **{f"params.{k}": v for k, v in t.params.items()},
                 "clip_fraction": _clip_fraction(t),
-                "reason": t.user_attrs.get(FAIL_REASON_ATTR) or t.user_attrs.get(LOST_ATTR, ""),
+                "reason": t.user_attrs.get(FAIL_REASON_ATTR) or t.user_attrs.get(LOST_ATTR) or _repeat(t),
                 "mlflow_run_id": t.user_attrs.get(RUN_ID_ATTR, ""),
             }
         )

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from clipsweep.names import CONFIG_ATTR, NORMS_ATTR, PARENT_RUN_ATTR, REPEAT_OF_ATTR
 from clipsweep.recommend import recommend
+from clipsweep.trials import rows
 
 pytestmark = pytest.mark.slow
 
@@ -60,6 +61,10 @@ def test_sweep_repeat_of_a_completed_trial_is_told_its_values_and_trains_nothing
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 and len({t.value for t in trials}) == 1
     assert [t.user_attrs.get(REPEAT_OF_ATTR) for t in trials] == [None, 0, 0]
     assert CONFIG_ATTR in trials[0].user_attrs and all(CONFIG_ATTR not in t.user_attrs for t in trials[1:])
+    listed = rows(load_study(tmp_path, "rep"), ["value"])  # clipsweep trials
+    assert [(r["outcome"], r["reason"]) for r in listed] == [("completed", "")] + [
+        ("repeat (not trained)", "repeats trial 0")
+    ] * 2
     _, runs = mlflow_runs(tmp_path)
     trial_runs = [r for r in runs if r.data.tags.get("clipsweep.role") != "sweep"]
     assert [r.data.tags["clipsweep.trial_number"] for r in trial_runs] == ["0"] and len(runs) == 2
