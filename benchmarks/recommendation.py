@@ -62,7 +62,7 @@ SETTINGS: dict[str, list[str]] = {
 def steps_trained(study: optuna.Study) -> int:
     total = 0
     for trial in study.get_trials():
-        if trial.state == TrialState.COMPLETE:
+        if trial.state == TrialState.COMPLETE and CONFIG_ATTR in trial.user_attrs:  # a repeat trained nothing
             total += int(trial.user_attrs[CONFIG_ATTR]["train"]["steps"])
         elif trial.intermediate_values:
             total += max(trial.intermediate_values)
