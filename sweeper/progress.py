@@ -16,6 +16,8 @@ from typing import TextIO
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from clipsweep.names import REPEAT_OF_ATTR
+
 
 def duration(seconds: float) -> str:
     """``42 s``, ``3.5 min`` or ``1.2 h``."""
@@ -37,7 +39,10 @@ def sweep_eta(trials: Sequence[FrozenTrial], n_trials: int, n_jobs: int) -> str:
     spans = [
         (t.datetime_complete - t.datetime_start).total_seconds()
         for t in trials
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.datetime_start and t.datetime_complete
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        and t.datetime_start
+        and t.datetime_complete
+        and REPEAT_OF_ATTR not in t.user_attrs  # told at once: not a trial's duration
     ]
     left = n_trials - sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     if left <= 0:

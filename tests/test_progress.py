@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from clipsweep.names import REPEAT_OF_ATTR
 from clipsweep.progress import BatchProgress, QuietProgress, RunProgress, duration, eta, sweep_eta
 
 
@@ -65,6 +66,9 @@ def test_progress_sweep_eta_is_mean_trial_time_times_batches_left() -> None:
     assert sweep_eta(finished, 10, 1) == "4.0 min"  # 8 left x 30 s (failed trials are retried, not timed)
     assert sweep_eta(finished, 10, 4) == "60 s"  # in batches of 4: 2 batches
     assert sweep_eta(finished, 2, 1) == "0 s"
+    repeat = trial(TrialState.COMPLETE, 0.01)
+    repeat.user_attrs[REPEAT_OF_ATTR] = 0  # told at once, not trained: done, but not a duration
+    assert sweep_eta([*finished, repeat], 11, 1) == "4.0 min"
 
 
 def test_progress_batch_line_counts_endings_and_keeps_the_best_so_far() -> None:
