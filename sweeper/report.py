@@ -10,7 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from clipsweep.names import RECOMMENDED_TAG, RECOMMENDED_TRIAL_TAG
+from clipsweep.names import RECOMMENDED_TAG, RECOMMENDED_TRIAL_TAG, REPEAT_OF_ATTR
 from clipsweep.plots import norm_histogram_png
 from clipsweep.recommendation import Recommendation, spans_a_decade
 from clipsweep.tracker import Tracker
@@ -22,8 +22,10 @@ def _value_text(value: Any) -> str:
 
 
 def trials_table(study: optuna.Study, objectives: Sequence[str], top: int = 5) -> str:
-    """The ``top`` completed trials, best first (single objective), with their parameters."""
-    completed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    """The ``top`` completed trials, best first (single objective), with their parameters; repeats
+    (told an earlier trial's values) are left out, so each config trained is one row."""
+    told = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    completed = [t for t in told if REPEAT_OF_ATTR not in t.user_attrs]
     if len(study.directions) == 1:
         reverse = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
         completed.sort(key=lambda t: t.value, reverse=reverse)
@@ -35,7 +37,8 @@ def trials_table(study: optuna.Study, objectives: Sequence[str], top: int = 5) -
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in [header, *rows]]
-    return f"top {len(rows)} of {len(completed)} completed trials:\n" + "\n".join(lines)
+    repeats = f" ({len(told) - len(completed)} repeats left out)" if len(told) > len(completed) else ""
+    return f"top {len(rows)} of {len(completed)} completed trials{repeats}:\n" + "\n".join(lines)
 
 
 def recommendation_png(recommendation: Recommendation) -> bytes:

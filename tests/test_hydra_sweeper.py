@@ -57,6 +57,7 @@ def test_sweep_repeat_of_a_completed_trial_is_told_its_values_and_trains_nothing
     done = run_sweep(tmp_path, "search=none", "clip.threshold=choice(0.5)", "hydra/sweeper/sampler=random",
                      "hydra.sweeper.n_trials=3", "hydra.sweeper.study_name=rep")  # fmt: skip
     assert "trial 1 repeats trial 0: told its values" in done.stdout and "trial 2 repeats trial 0" in done.stdout
+    assert "top 1 of 1 completed trials (2 repeats left out):" in done.stdout
     trials = load_study(tmp_path, "rep").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3 and len({t.value for t in trials}) == 1
     assert [t.user_attrs.get(REPEAT_OF_ATTR) for t in trials] == [None, 0, 0]
