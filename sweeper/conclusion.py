@@ -18,7 +18,7 @@ from clipsweep.plan import SweepPlan
 from clipsweep.recommend import recommend
 from clipsweep.recommendation import spans_a_decade
 from clipsweep.report import log_recommendation, log_sweep_figure, trials_table
-from clipsweep.storage import mask_url
+from clipsweep.storage import claim, mask_url
 from clipsweep.tracker import Tracker
 
 
@@ -113,8 +113,8 @@ def conclude(
 
     The recommendation is over every worker's trials in the study, not only this invocation's,
     and made once: workers end together (each waits for the others' running trials), and the
-    first to get here marks the study, so the others skip it (a check-then-set: two workers
-    finishing within the same few milliseconds could both compute the same result).
+    first to claim the study's count of completed trials makes it (an atomic claim: two workers
+    ending within the same milliseconds made it twice when this was a check, then a set).
     """
     if len(plan.directions) != 1:
         front = sorted(t.number for t in study.best_trials)
@@ -123,10 +123,12 @@ def conclude(
             "(solutions in optimization_results.yaml; clipsweep trials lists every trial)"
         )
     completed = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    done = study.user_attrs.get(CONCLUDED_ATTR, {})
-    if done.get("completed", -1) >= completed:  # another worker of this study got here first
-        return f"[clipsweep] recommendation over these {completed} trials already made (parent run {done.get('run')})"
-    study.set_user_attr(CONCLUDED_ATTR, {"completed": completed, "run": parent.run_id})
+    prefix = f"{CONCLUDED_ATTR}."  # one key per count of trials covered: a resumed study concludes again
+    covered = [int(k[len(prefix) :]) for k in study.user_attrs if k.startswith(prefix)]
+    later = max((n for n in covered if n >= completed), default=None)  # a worker that ended with more trials
+    if later is not None or not claim(study, f"{prefix}{completed}", parent.run_id):
+        run = study.user_attrs.get(f"{prefix}{completed if later is None else later}")
+        return f"[clipsweep] recommendation over these {completed} trials already made (parent run {run})"
     try:
         recommendation = recommend(study, plan.recommend, plan.objectives[0])
     except ValueError as err:

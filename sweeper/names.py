@@ -40,7 +40,8 @@ PARENT_RUN_ATTR = "clipsweep.parent_run_id"
 TRACKING_URI_ATTR = "clipsweep.tracking_uri"
 """Where that parent run lives (password masked)."""
 CONCLUDED_ATTR = "clipsweep.concluded"
-"""How many completed trials the last end-of-sweep recommendation covered."""
+"""Prefix of ``<prefix>.<N>``: the parent run that made the end-of-sweep recommendation over N
+completed trials (claimed atomically, so that of several workers ending together one makes it)."""
 VALIDATION_ATTR = "clipsweep.validation"
 """The last validation (``Validation.to_dict``), reused by ``export``."""
 

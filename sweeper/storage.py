@@ -1,9 +1,11 @@
 """Optuna storages: the URL a sweep uses (``CLIPSWEEP_STORAGE`` wins, the password masked in every
 message), opening one (SQLite, PostgreSQL or a journal file; heartbeats for a sweep, none for a
-reader), and riding out a database that is briefly unreachable."""
+reader), riding out a database that is briefly unreachable, and claims that one of several workers
+wins."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -15,7 +17,8 @@ from typing import Any, TypeVar
 import optuna
 from optuna.exceptions import ExperimentalWarning, StorageInternalError
 from optuna.storages import BaseStorage, RDBStorage
-from sqlalchemy.exc import ArgumentError, DisconnectionError, OperationalError
+from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+from sqlalchemy.exc import ArgumentError, DisconnectionError, IntegrityError, OperationalError
 
 from clipsweep.errors import ConfigError
 from clipsweep.names import STORAGE_ENV
@@ -161,7 +164,7 @@ def _storage_error(url: str, error: BaseException | None) -> ConfigError:
 
 
 def _journal_storage(url: str) -> BaseStorage:
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from optuna.storages.journal import JournalStorage
 
     path = url[len(JOURNAL_PREFIX) :].removeprefix("//")
     if not path or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
@@ -189,3 +192,37 @@ def retrying(call: Callable[..., T], *args: Any, patience: float = 300.0, **kwar
             time.sleep(delay)
             waited += delay
             delay = min(delay * 2, 15.0)
+
+
+def claim(study: optuna.Study, key: str, value: Any) -> bool:
+    """Set the study user attribute ``key`` to ``value`` unless it is set; True when this call set it.
+
+    Work that one of several workers must do once (the end-of-sweep recommendation) needs a winner,
+    and Optuna's ``set_study_user_attr`` is an upsert: two workers that check, then set, can both see
+    the key unset and both go on (seen in CI, two workers ending in the same few milliseconds). On a
+    database the insert itself is the check: the attribute table's unique (study, key) constraint
+    lets exactly one insert through. A journal file is checked and set under a file lock beside it.
+    """
+    storage = study._storage
+    backend = storage if isinstance(storage, RDBStorage) else getattr(storage, "_backend", None)  # under a cache
+    if isinstance(backend, RDBStorage):
+        from optuna.storages._rdb.models import StudyUserAttributeModel
+
+        row = {"study_id": study._study_id, "key": key, "value_json": json.dumps(value)}
+        try:
+            with backend.engine.begin() as connection:
+                connection.execute(StudyUserAttributeModel.__table__.insert().values(**row))
+        except IntegrityError:
+            return False
+        return True
+    lock = JournalFileOpenLock(f"{backend._file_path}.claims") if isinstance(backend, JournalFileBackend) else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        if key in storage.get_study_user_attrs(study._study_id):
+            return False
+        storage.set_study_user_attr(study._study_id, key, value)
+        return True
+    finally:
+        if lock is not None:
+            lock.release()

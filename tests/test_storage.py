@@ -6,6 +6,7 @@ import contextlib
 import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -154,3 +155,38 @@ def test_retrying_rides_out_a_postgres_outage(postgres_url: str) -> None:
     finally:
         comeback.join()
         outage.stop()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "journal"])
+def test_claim_lets_exactly_one_of_racing_workers_through(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Workers released at once (a barrier), each with its own storage connection, claim the same
+    keys: each key has one winner, and it holds the winner's value. A check, then a set, let two or
+    more through in most rounds here, on all three storages."""
+    url = {
+        "sqlite": f"sqlite:///{tmp_path / 'study.db'}",
+        "postgresql": request.getfixturevalue("postgres_url") if kind == "postgresql" else "",
+        "journal": f"journal:{tmp_path / 'study.log'}",
+    }[kind]
+    name = f"claims-{uuid.uuid4().hex[:8]}"
+    optuna.create_study(study_name=name, storage=storages.open_storage(url))
+    workers, rounds = 6, 8
+    opened = [optuna.load_study(study_name=name, storage=storages.open_storage(url)) for _ in range(workers)]
+    barrier = threading.Barrier(workers)
+    won: dict[str, list[int]] = {f"k{r}": [] for r in range(rounds)}
+
+    def work(worker: int) -> None:
+        for key in won:
+            barrier.wait()
+            if storages.claim(opened[worker], key, worker):
+                won[key].append(worker)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    attrs = optuna.load_study(study_name=name, storage=storages.open_storage(url)).user_attrs
+    assert {key: len(winners) for key, winners in won.items()} == dict.fromkeys(won, 1)
+    assert all(attrs[key] == winners[0] for key, winners in won.items())
