@@ -111,8 +111,7 @@ class OptunaSweeper(Sweeper):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)  # before either store is written: a bad dir writes nothing
         study = open_planned_study(plan)
-        for params in plan.enqueue:
-            study.enqueue_trial(params, skip_if_exists=True)
+        studies.enqueue_once(study, plan.enqueue)
         tracking = self.config.tracking
         parent = make_tracker(tracking.uri, tracking.experiment, tracking.enabled)
         sampler_name = type(plan.sampler).__name__

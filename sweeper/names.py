@@ -42,6 +42,8 @@ TRACKING_URI_ATTR = "clipsweep.tracking_uri"
 CONCLUDED_ATTR = "clipsweep.concluded"
 """Prefix of ``<prefix>.<N>``: the parent run that made the end-of-sweep recommendation over N
 completed trials (claimed atomically, so that of several workers ending together one makes it)."""
+ENQUEUED_ATTR = "clipsweep.enqueued"
+"""Prefix of ``<prefix>.<hash of the parameters>``: an ``enqueue`` point this study has taken (once)."""
 VALIDATION_ATTR = "clipsweep.validation"
 """The last validation (``Validation.to_dict``), reused by ``export``."""
 

@@ -8,6 +8,8 @@ each failure the sweep itself recorded spends the failure budget (``max_failure_
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import threading
@@ -24,6 +26,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from clipsweep.errors import ConfigError
 from clipsweep.names import (
     CONFIG_ATTR,
+    ENQUEUED_ATTR,
     FAIL_REASON_ATTR,
     FIXED_ATTR,
     PARENT_RUN_ENV,
@@ -37,7 +40,7 @@ from clipsweep.names import (
     TRIAL_NUMBER_ENV,
     TRIAL_NUMBER_TAG,
 )
-from clipsweep.storage import mask_url, open_storage, retrying, storage_url
+from clipsweep.storage import claim, mask_url, open_storage, retrying, storage_url
 from clipsweep.sweep_config import sweeper_settings
 
 COUNTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
@@ -159,6 +162,19 @@ def ask_within_budget(study: optuna.Study, n_trials: int) -> Trial | None:
         tell(study, trial, state=TrialState.FAIL)
         return None
     return trial
+
+
+def enqueue_once(study: optuna.Study, points: Sequence[Mapping[str, Any]]) -> None:
+    """Enqueue each point (``hydra.sweeper.enqueue``) unless the study has had it.
+
+    The README promises each point once per study. Optuna's ``skip_if_exists`` is a check, then an
+    insert: workers started together on one study each passed it and enqueued the point twice. A
+    claim per point (a hash of its parameters, since attribute keys are short) lets one through.
+    """
+    for params in points:
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        if claim(study, f"{ENQUEUED_ATTR}.{digest}", dict(params)):
+            study.enqueue_trial(dict(params), skip_if_exists=True)  # also skips one the study ran before
 
 
 def has_waiting(study: optuna.Study) -> bool:

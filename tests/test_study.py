@@ -1,8 +1,9 @@
 """The job's side of a trial (``clipsweep.study.TrialReporter``) on a real SQLite study and a real
-Optuna median pruner; the sweep's repeats of completed trials."""
+Optuna median pruner; the sweep's repeats of completed trials; enqueued points taken once."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import optuna
@@ -10,7 +11,8 @@ import pytest
 from optuna.trial import TrialState
 
 from clipsweep.names import CONFIG_ATTR, FIXED_ATTR, REPEAT_OF_ATTR, STUDY_ENV, TRIAL_ID_ENV, TRIAL_NUMBER_ENV
-from clipsweep.study import TrialReporter, tell_if_repeat
+from clipsweep.storage import open_storage
+from clipsweep.study import TrialReporter, enqueue_once, tell_if_repeat
 
 STEPS = list(range(10, 101, 10))
 
@@ -75,3 +77,27 @@ def test_tell_if_repeat_tells_only_a_completed_trial_with_the_same_parameters_an
             assert done.number == 0 and told.value == 0.25 and told.user_attrs == {REPEAT_OF_ATTR: 0}
         else:
             study.tell(trial, state=TrialState.FAIL)
+
+
+def test_enqueue_once_enqueues_each_point_once_for_workers_started_together(tmp_path: Path) -> None:
+    """Six workers, each with its own connection to one SQLite study, enqueue the same two points at
+    the same moment (a barrier); a later worker, with one new point, adds only that one."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="s", storage=url)
+    points = [{"clip.threshold": 1.0}, {"clip.threshold": 5.0, "optim.lr": 0.01}]
+    barrier = threading.Barrier(6)
+
+    def work() -> None:
+        study = optuna.load_study(study_name="s", storage=open_storage(url))
+        barrier.wait()
+        enqueue_once(study, points)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    study = optuna.load_study(study_name="s", storage=url)
+    assert sorted(t.system_attrs["fixed_params"]["clip.threshold"] for t in study.trials) == [1.0, 5.0]
+    enqueue_once(study, [*points, {"clip.threshold": 0.3}])
+    assert sorted(t.system_attrs["fixed_params"]["clip.threshold"] for t in study.trials) == [0.3, 1.0, 5.0]
