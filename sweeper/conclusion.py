@@ -128,7 +128,8 @@ def conclude(
     later = max((n for n in covered if n >= completed), default=None)  # a worker that ended with more trials
     if later is not None or not claim(study, f"{prefix}{completed}", parent.run_id):
         run = study.user_attrs.get(f"{prefix}{completed if later is None else later}")
-        return f"[clipsweep] recommendation over these {completed} trials already made (parent run {run})"
+        where = f" (parent run {run})" if run else ""  # tracking off: no run to name
+        return f"[clipsweep] recommendation over these {completed} trials already made{where}"
     try:
         recommendation = recommend(study, plan.recommend, plan.objectives[0])
     except ValueError as err:

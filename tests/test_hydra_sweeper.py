@@ -169,7 +169,10 @@ def test_sweep_resume_reaches_exactly_n_trials(tmp_path: Path) -> None:
     run_sweep(tmp_path, "hydra.sweeper.n_trials=2", *common)
     done = run_sweep(tmp_path, "hydra.sweeper.n_trials=5", *common)
     assert "2/5 trials already there" in done.stdout
-    run_sweep(tmp_path, "hydra.sweeper.n_trials=5", *common)  # already full: runs nothing
+    assert "recommended: clip=norm" in done.stdout  # over 5 trials now, not the 2 concluded before
+    again = run_sweep(tmp_path, "hydra.sweeper.n_trials=5", *common)  # already full: runs nothing
+    assert "recommendation over these 5 trials already made\n" in again.stdout
+    assert "recommended:" not in again.stdout
     trials = load_study(tmp_path, "resume").get_trials()
     assert [t.number for t in trials] == [0, 1, 2, 3, 4]
     assert all(t.state == TrialState.COMPLETE for t in trials)
