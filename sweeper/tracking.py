@@ -158,10 +158,13 @@ class MlflowTracker(Tracker):
                         # MLflow creates it (migrations), then it seeds the next ones.
                         self.client.search_experiments(max_results=1)
                         store_template.keep(path, version)
-                _EXPERIMENT_IDS[key] = self._find_or_create_experiment()
+                # Beside a SQLite file, not under the creating process's working directory (MLflow's
+                # default, recorded for good: a store made from elsewhere kept its artifacts there).
+                artifacts = str(path.parent / "mlruns") if path is not None else None
+                _EXPERIMENT_IDS[key] = self._find_or_create_experiment(artifacts)
         return _EXPERIMENT_IDS[key]
 
-    def _find_or_create_experiment(self) -> str:
+    def _find_or_create_experiment(self, artifact_location: str | None) -> str:
         found = self.client.get_experiment_by_name(self.experiment_name)
         if found is not None:
             return found.experiment_id
@@ -169,7 +172,9 @@ class MlflowTracker(Tracker):
             # Marked as model training: MLflow 3 otherwise opens an untagged experiment in its GenAI
             # view (traces, evaluations) instead of the runs table.
             return self.client.create_experiment(
-                self.experiment_name, tags={EXPERIMENT_KIND_TAG: "custom_model_development"}
+                self.experiment_name,
+                artifact_location=artifact_location,
+                tags={EXPERIMENT_KIND_TAG: "custom_model_development"},
             )
         except Exception:  # another worker created it between our two calls
             found = self.client.get_experiment_by_name(self.experiment_name)
