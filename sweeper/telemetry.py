@@ -249,16 +249,18 @@ class Telemetry:
         For an evaluation due before its window is full (``eval_every`` not a multiple of
         ``log_every``), whose progress line would otherwise show NaN or a stale window. One host
         read; an evaluation synchronises anyway."""
-        if self._n == 0:
-            return None
-        host = self._rows[: self._n].cpu().numpy().astype(np.float64)
-        return host[:, _LOSS], host[:, _NORM], host[:, _FINITE] > 0.5
+        host = self._host_rows()
+        return None if host is None else (host[:, _LOSS], host[:, _NORM], host[:, _FINITE] > 0.5)
+
+    def _host_rows(self) -> np.ndarray | None:
+        """The rows recorded since the last drain, on the host in float64; None when there are none."""
+        return self._rows[: self._n].cpu().numpy().astype(np.float64) if self._n else None
 
     def drain(self) -> Window | None:
         """Move the recorded rows to the host, fold them into the summary and reset the buffer."""
-        if self._n == 0:
+        host = self._host_rows()
+        if host is None:
             return None
-        host = self._rows[: self._n].cpu().numpy().astype(np.float64)
         layer_norms = self._layer_norms.cpu().numpy() if self._layer_step is not None else None
         norm, threshold, finite = host[:, _NORM], host[:, _THRESHOLD], host[:, _FINITE] > 0.5
         derive = np.isnan(host[:, _NORM_CLIPPED])
